@@ -1,0 +1,88 @@
+"""raysisa: forget training data on request, exactly, with SISA on Ray.
+
+The public API is what ``__all__`` lists; everything else is internal.
+
+Example:
+    >>> import raysisa
+    >>> job = raysisa.load_config(None)          # the embedded default: digits, 5 shards x 4 slices
+    >>> job.spec.data.source
+    'digits'
+"""
+
+__version__ = "0.1.0"
+
+from raysisa.api import evaluate, inspect, train, unlearn
+from raysisa.config import (
+    ClusterConfig,
+    DataConfig,
+    JobConfig,
+    ModelConfig,
+    RunSpec,
+    ShardingConfig,
+    StoreConfig,
+    TrainConfig,
+    load_config,
+    parse_config,
+)
+from raysisa.data import list_sources, register_source
+from raysisa.errors import (
+    CheckpointCorruptError,
+    ConfigError,
+    DataError,
+    InvalidIdsError,
+    RaysisaError,
+    ShardUnavailableError,
+    StaleStateError,
+    StoreError,
+    StoreNotFoundError,
+)
+from raysisa.models import list_models, register_model
+from raysisa.sisa import (
+    EvalReport,
+    LocalPool,
+    SisaRun,
+    TrainReport,
+    UnlearnReport,
+    aggregate,
+    list_aggregators,
+    register_aggregator,
+)
+
+__all__ = [
+    "__version__",
+    "CheckpointCorruptError",
+    "ClusterConfig",
+    "ConfigError",
+    "DataConfig",
+    "DataError",
+    "EvalReport",
+    "InvalidIdsError",
+    "JobConfig",
+    "LocalPool",
+    "ModelConfig",
+    "RaysisaError",
+    "RunSpec",
+    "ShardUnavailableError",
+    "ShardingConfig",
+    "SisaRun",
+    "StaleStateError",
+    "StoreConfig",
+    "StoreError",
+    "StoreNotFoundError",
+    "TrainConfig",
+    "TrainReport",
+    "UnlearnReport",
+    "aggregate",
+    "evaluate",
+    "inspect",
+    "list_aggregators",
+    "list_models",
+    "list_sources",
+    "load_config",
+    "parse_config",
+    "register_aggregator",
+    "register_model",
+    "register_source",
+    "train",
+    "unlearn",
+]

@@ -1,0 +1,94 @@
+"""The high-level Python API: one call per operation, Ray started only when needed.
+
+Example:
+    >>> import raysisa
+    >>> job = raysisa.load_config(None, ["sharding.num_shards=3"])   # doctest: +SKIP
+    >>> raysisa.train(job, "/tmp/run")                                 # doctest: +SKIP
+    >>> raysisa.unlearn("/tmp/run", [17, 42])                          # doctest: +SKIP
+    >>> raysisa.evaluate("/tmp/run").accuracy                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from raysisa.config import ClusterConfig, JobConfig, RunSpec, StoreConfig
+from raysisa.sisa.pool import LocalPool, ShardPool
+from raysisa.sisa.run import EvalReport, SisaRun, TrainReport, UnlearnReport
+
+__all__ = ["train", "unlearn", "evaluate", "inspect", "as_store"]
+
+
+def as_store(store: str | StoreConfig, endpoint_url: str | None = None) -> StoreConfig:
+    """A :class:`StoreConfig` from a URI (or pass one through)."""
+    if isinstance(store, StoreConfig):
+        return store
+    return StoreConfig(uri=str(store), endpoint_url=endpoint_url)
+
+
+@contextlib.contextmanager
+def _pool(pool: ShardPool | None, cluster: ClusterConfig | None, num_shards: int) -> Iterator[ShardPool]:
+    if pool is not None:
+        yield pool
+        return
+    from raysisa.sisa.actors import ray_pool  # Ray only when a cluster is needed
+
+    with ray_pool(cluster, num_shards) as ray_shards:
+        yield ray_shards
+
+
+def train(
+    config: RunSpec | JobConfig,
+    store: str | StoreConfig,
+    *,
+    exclude_ids: Iterable[Any] | None = None,
+    cluster: ClusterConfig | None = None,
+    pool: ShardPool | None = None,
+    progress: bool = False,
+) -> TrainReport:
+    """Create (or resume) a SISA run at ``store`` and train every shard.
+
+    Args:
+        config: the run's recipe (a :class:`JobConfig` also brings its ``cluster`` section).
+        store: URI or :class:`StoreConfig` of the run.
+        exclude_ids: samples to leave out of the same partition (the exact-unlearning reference).
+        cluster: Ray resources; defaults to the config's ``cluster`` section.
+        pool: run shards here instead of in Ray actors (e.g. :class:`raysisa.LocalPool`).
+        progress: show a progress bar.
+    """
+    spec = config.spec if isinstance(config, JobConfig) else config
+    if cluster is None and isinstance(config, JobConfig):
+        cluster = config.cluster
+    run = SisaRun.create(spec, as_store(store), exclude_ids)
+    with _pool(pool, cluster, spec.sharding.num_shards) as shards:
+        return run.train(shards, progress)
+
+
+def unlearn(
+    store: str | StoreConfig,
+    ids: Iterable[Any],
+    *,
+    cluster: ClusterConfig | None = None,
+    pool: ShardPool | None = None,
+    progress: bool = False,
+) -> UnlearnReport:
+    """Exactly unlearn sample ``ids`` from the run at ``store`` (see :meth:`SisaRun.unlearn`)."""
+    run = SisaRun(as_store(store))
+    ids = list(ids)
+    _, deleting, _ = run.check_ids(ids)  # bad input fails before Ray starts
+    if not len(deleting) and not run.pending_work():
+        pool = LocalPool()  # a no-op: nothing to train, no cluster needed
+    with _pool(pool, cluster, run.store.spec.sharding.num_shards) as shards:
+        return run.unlearn(ids, shards, progress)
+
+
+def evaluate(store: str | StoreConfig, aggregation: str = "vote", weights: list[float] | None = None) -> EvalReport:
+    """Ensemble and per-shard test accuracy of the run at ``store`` (in this process)."""
+    return SisaRun(as_store(store)).evaluate(aggregation, weights)
+
+
+def inspect(store: str | StoreConfig, verify: bool = True) -> dict[str, Any]:
+    """A JSON-ready description of the run at ``store``."""
+    return SisaRun(as_store(store)).inspect(verify)

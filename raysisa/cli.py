@@ -1,0 +1,187 @@
+"""``raysisa`` command line: parse arguments, call the library, print the result.
+
+Every command prints a short human summary, or one JSON document with ``--json``.
+Errors raysisa raises on purpose print ``error: ...`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from raysisa import api
+from raysisa.config import ClusterConfig, StoreConfig, load_config
+from raysisa.errors import InvalidIdsError, RaysisaError
+
+__all__ = ["main", "build_parser", "read_ids_file"]
+
+
+def read_ids_file(path: str) -> list[str]:
+    """Ids from a text file (separated by commas, spaces or new lines; ``#`` comments) or a
+    JSON list."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise InvalidIdsError(f"cannot read ids file {path}: {exc.strerror or exc}") from None
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            values = json.loads(stripped)
+        except ValueError as exc:
+            raise InvalidIdsError(f"ids file {path} looks like JSON but is not valid: {exc}") from None
+        if not isinstance(values, list):
+            raise InvalidIdsError(f"ids file {path} must hold a JSON list of ids")
+        return values
+    lines = [line.split("#", 1)[0] for line in text.splitlines()]
+    return [tok for tok in re.split(r"[\s,]+", " ".join(lines)) if tok]
+
+
+def _split_ids(value: str) -> list[str]:
+    return [tok for tok in re.split(r"[\s,]+", value) if tok]
+
+
+def _store(args: argparse.Namespace) -> StoreConfig:
+    return StoreConfig(uri=args.store, endpoint_url=args.endpoint_url)
+
+
+def _cluster(args: argparse.Namespace, base: ClusterConfig | None = None) -> ClusterConfig:
+    base = base or ClusterConfig()
+    return base.model_copy(update={"address": args.address}) if args.address else base
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], lines: list[str]) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print("\n".join(lines))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    job = load_config(args.config, args.set)
+    exclude = read_ids_file(args.exclude_ids_file) if args.exclude_ids_file else None
+    report = api.train(job, _store(args), exclude_ids=exclude, cluster=_cluster(args, job.cluster), progress=not args.quiet)
+    _emit(
+        args,
+        report.to_dict(),
+        [
+            f"trained {report.slices_trained} slice(s) ({report.slices_skipped} already done) of "
+            f"{report.num_shards} shards x {report.num_slices} slices at {report.store}",
+            f"{report.sample_grads:,} sample-gradients, {report.compute_seconds:.1f}s compute, "
+            f"{report.wall_seconds:.1f}s wall",
+        ],
+    )
+
+
+def cmd_unlearn(args: argparse.Namespace) -> None:
+    ids = _split_ids(args.ids) if args.ids is not None else read_ids_file(args.ids_file)
+    report = api.unlearn(_store(args), ids, cluster=_cluster(args), progress=not args.quiet)
+    lines = [report.message]
+    if not report.noop:
+        lines.append(
+            f"retrained {report.slices_retrained} slice(s) of shard(s) {report.shards_affected} "
+            f"(from slice {report.first_slice}); {report.checkpoints_deleted} stale checkpoint(s) deleted; "
+            f"{report.wall_seconds:.1f}s"
+        )
+    _emit(args, report.to_dict(), lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    report = api.evaluate(_store(args), args.aggregation, weights)
+    shards = ", ".join(f"{a:.1f}" for a in report.shard_accuracy)
+    _emit(
+        args,
+        report.to_dict(),
+        [
+            f"ensemble accuracy ({report.aggregation}): {report.accuracy:.2f}% on {report.test_samples} test samples",
+            f"per-shard accuracy: {shards}",
+        ],
+    )
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    info = api.inspect(_store(args), verify=not args.no_verify)
+    lines = [
+        f"run at {info['store']} (fingerprint {info['fingerprint'][:12]}, created {info['created_at']})",
+        f"data: {info['data']['name']}, {info['data']['train_samples']} training samples, "
+        f"{info['data']['test_samples']} test, {info['data']['tombstones']} deleted",
+    ]
+    for shard in info["shards"]:
+        states = "".join({"ok": "#", "missing": ".", "corrupt": "X"}[c["status"]] for c in shard["checkpoints"])
+        sha = (shard["model_sha256"] or "-")[:16]
+        lines.append(f"  shard {shard['shard']:>3}: {shard['samples']:>6} samples  checkpoints [{states}]  model {sha}")
+    if info["stale_checkpoints"]:
+        lines.append(f"{info['stale_checkpoints']} stale checkpoint(s) await deletion")
+    _emit(args, info, lines)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from raysisa.demo import run_demo
+
+    result = run_demo(store=args.store, endpoint_url=args.endpoint_url, address=args.address, progress=not args.quiet)
+    _emit(args, result, result.pop("_lines"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raysisa", description="SISA training and exact machine unlearning on Ray."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_: str, store_required: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--store", required=store_required, help="run location: a folder, file://, s3://bucket/prefix")
+        p.add_argument("--endpoint-url", help="S3 endpoint for S3-compatible servers (or set AWS_ENDPOINT_URL)")
+        p.add_argument("--json", action="store_true", help="print one JSON document")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local cluster)")
+        return p
+
+    p = command("demo", "train on scikit-learn digits, unlearn a random 1%%, compare with a full retrain", False)
+    p.set_defaults(func=cmd_demo)
+
+    p = command("train", "create (or resume) a SISA run and train every shard")
+    p.add_argument("--config", help="YAML config file (default: the embedded digits recipe)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=10")
+    p.add_argument("--exclude-ids-file", help="train the same partition without these ids (the exact-unlearning reference)")
+    p.set_defaults(func=cmd_train)
+
+    p = command("unlearn", "exactly unlearn samples: retrain only the slices that saw them")
+    ids = p.add_mutually_exclusive_group(required=True)
+    ids.add_argument("--ids", help="comma-separated sample ids, e.g. 1,2,3")
+    ids.add_argument("--ids-file", help="file of ids (text or JSON list)")
+    p.set_defaults(func=cmd_unlearn)
+
+    p = command("evaluate", "ensemble and per-shard test accuracy")
+    p.add_argument("--aggregation", default="vote", help="vote (default) or mean_softmax")
+    p.add_argument("--weights", help="comma-separated shard weights")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = command("inspect", "config, shards, slices, checkpoints and model hashes of a run")
+    p.add_argument("--no-verify", action="store_true", help="skip checking checkpoint sha256s")
+    p.set_defaults(func=cmd_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
+    )
+    try:
+        args.func(args)
+    except RaysisaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Exception hierarchy.
+
+Every error raysisa raises on purpose is a :class:`RaysisaError`, so callers (and the CLI)
+can tell "you asked for something wrong" apart from a bug. Each subclass takes a single
+message argument, which keeps them picklable across Ray process boundaries.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RaysisaError",
+    "ConfigError",
+    "DataError",
+    "StoreError",
+    "StoreNotFoundError",
+    "CheckpointCorruptError",
+    "InvalidIdsError",
+    "StaleStateError",
+    "ShardUnavailableError",
+]
+
+
+class RaysisaError(Exception):
+    """Base class of every error raysisa raises deliberately."""
+
+
+class ConfigError(RaysisaError, ValueError):
+    """A configuration value is missing, out of range or inconsistent."""
+
+
+class DataError(RaysisaError, ValueError):
+    """A data source is unknown, unreadable or malformed (missing column, duplicate ids...)."""
+
+
+class StoreError(RaysisaError):
+    """The object store could not be read or written."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """An object or a run that should be on the store is not there."""
+
+
+class CheckpointCorruptError(StoreError):
+    """A checkpoint failed its integrity check (sha256 mismatch, truncation, bad manifest).
+
+    Corrupt checkpoints are reported, never loaded.
+    """
+
+
+class InvalidIdsError(RaysisaError, ValueError):
+    """Sample ids given to ``unlearn`` are malformed or unknown. Nothing was changed."""
+
+
+class StaleStateError(RaysisaError):
+    """The store holds shards that are not trained up to their current data."""
+
+
+class ShardUnavailableError(RaysisaError):
+    """A shard actor died and could not be restarted."""

@@ -1,0 +1,132 @@
+"""Ray at the edge: one actor per shard around :class:`ShardWorker`, and Ray start-up.
+
+Actors are created lazily, reserve ``cluster.cpus_per_shard`` CPUs (by default the
+cluster's CPUs spread over the shards, at most one each) and ``cluster.gpus_per_shard``
+GPUs, and are restarted by Ray up to ``cluster.max_restarts`` times; a call in flight when
+its actor dies is retried on the restarted actor, and since every ``ShardWorker`` call is
+idempotent and reads its state from the store, the retry resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from raysisa.config import ClusterConfig
+from raysisa.errors import RaysisaError, ShardUnavailableError
+from raysisa.sisa.shard import ShardWorker
+
+__all__ = ["RayPool", "ray_session", "ray_pool"]
+
+log = logging.getLogger(__name__)
+
+
+class RayPool:
+    """A :class:`~raysisa.sisa.pool.ShardPool` of Ray actors, one per shard index.
+
+    Args:
+        cluster: resources and restart policy.
+        num_shards: shards of the run, used to spread CPUs when ``cpus_per_shard`` is unset.
+    """
+
+    def __init__(self, cluster: ClusterConfig | None = None, num_shards: int = 1) -> None:
+        self.cluster = cluster or ClusterConfig()
+        self.cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        self.num_shards = max(1, num_shards)
+        self.actors: dict[int, Any] = {}
+        self._shard_of: dict[ray.ObjectRef, int] = {}
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.cluster.gpus_per_shard > 0 else "cpu"
+
+    def _cpus_per_shard(self) -> float:
+        if self.cluster.cpus_per_shard is not None:
+            return self.cluster.cpus_per_shard
+        return max(0.01, min(1.0, math.floor(100 * self.cpus / self.num_shards) / 100))
+
+    def actor(self, shard: int) -> Any:
+        """The actor handle of ``shard`` (created on first use)."""
+        if shard not in self.actors:
+            options = {
+                "num_cpus": self._cpus_per_shard(),
+                "num_gpus": self.cluster.gpus_per_shard,
+                "max_restarts": self.cluster.max_restarts,
+                "max_task_retries": self.cluster.max_restarts,
+            }
+            self.actors[shard] = ray.remote(ShardWorker).options(**options).remote(shard, self.device)
+        return self.actors[shard]
+
+    def concurrency(self, threads_per_shard: int) -> int:
+        if self.cluster.max_concurrent is not None:
+            return self.cluster.max_concurrent
+        return max(1, int(self.cpus // threads_per_shard))
+
+    def submit(self, shard: int, method: str, *args: Any) -> ray.ObjectRef:
+        handle = getattr(self.actor(shard), method).remote(*args)
+        self._shard_of[handle] = shard
+        return handle
+
+    def wait(self, handles: Sequence[ray.ObjectRef]) -> list[ray.ObjectRef]:
+        done, _ = ray.wait(list(handles), num_returns=1)
+        return done
+
+    def result(self, handle: ray.ObjectRef) -> Any:
+        shard = self._shard_of.pop(handle, None)
+        try:
+            return ray.get(handle)
+        except RayActorError as exc:
+            raise ShardUnavailableError(
+                f"shard {shard}: its actor died and was not restarted (max_restarts={self.cluster.max_restarts}): {exc}"
+            ) from exc
+        except RayTaskError as exc:
+            if isinstance(exc.cause, RaysisaError):
+                raise exc.cause from None
+            raise
+
+    def close(self) -> None:
+        for handle in self.actors.values():
+            with contextlib.suppress(Exception):
+                ray.kill(handle)
+        self.actors.clear()
+
+
+@contextlib.contextmanager
+def ray_session(cluster: ClusterConfig | None = None) -> Iterator[None]:
+    """Use the running Ray session, or connect/start one for the duration of the block.
+
+    ``cluster.address`` (or ``RAY_ADDRESS``) connects to an existing cluster; otherwise a
+    private local cluster is started (``address="local"``, never a stale one found on disk).
+    """
+    cluster = cluster or ClusterConfig()
+    if ray.is_initialized():
+        yield
+        return
+    address = cluster.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_pool(cluster: ClusterConfig | None = None, num_shards: int = 1) -> Iterator[RayPool]:
+    """A :class:`RayPool` inside a :func:`ray_session`; its actors are killed on exit."""
+    with ray_session(cluster):
+        pool = RayPool(cluster, num_shards)
+        try:
+            yield pool
+        finally:
+            pool.close()

@@ -1,0 +1,82 @@
+"""Ensemble aggregation of shard predictions (SPEC section 1.2, step 5).
+
+An aggregator maps per-shard softmax outputs ``probs`` of shape (S, N, C) and shard
+weights (S,) to class scores (N, C); the prediction is the score's argmax, so ties go to
+the lowest class index, as in the reference SISA code.
+
+- ``vote``: weighted majority vote of each shard's argmax (the SISA default).
+- ``mean_softmax``: weighted mean of the softmax vectors (the paper's refinement).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from raysisa.errors import ConfigError
+
+__all__ = ["register_aggregator", "list_aggregators", "aggregate"]
+
+Aggregator = Callable[[np.ndarray, np.ndarray], np.ndarray]
+_AGGREGATORS: dict[str, Aggregator] = {}
+
+
+def register_aggregator(name: str) -> Callable[[Aggregator], Aggregator]:
+    def decorate(fn: Aggregator) -> Aggregator:
+        if name in _AGGREGATORS:
+            raise ValueError(f"aggregator {name!r} is already registered")
+        _AGGREGATORS[name] = fn
+        return fn
+
+    return decorate
+
+
+def list_aggregators() -> list[str]:
+    return sorted(_AGGREGATORS)
+
+
+@register_aggregator("vote")
+def _vote(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    votes = np.zeros(probs.shape[1:], dtype=np.float64)
+    rows = np.arange(probs.shape[1])
+    for shard_probs, weight in zip(probs, weights, strict=True):
+        votes[rows, shard_probs.argmax(axis=1)] += weight
+    return votes
+
+
+@register_aggregator("mean_softmax")
+def _mean_softmax(probs: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    return np.tensordot(weights / weights.sum(), probs.astype(np.float64), axes=1)
+
+
+def aggregate(
+    probs: np.ndarray, method: str = "vote", weights: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Aggregate per-shard probabilities.
+
+    Args:
+        probs: (S, N, C) softmax outputs of the S shard models.
+        method: a registered aggregator (``vote`` or ``mean_softmax``).
+        weights: non-negative shard weights (default: uniform).
+
+    Returns:
+        (predictions (N,), scores (N, C)).
+
+    Example:
+        >>> p = np.array([[[0.9, 0.1]], [[0.2, 0.8]], [[0.6, 0.4]]])
+        >>> aggregate(p, "vote")[0].tolist()
+        [0]
+    """
+    if method not in _AGGREGATORS:
+        raise ConfigError(f"unknown aggregation {method!r}; valid: {', '.join(list_aggregators())}")
+    probs = np.asarray(probs)
+    if probs.ndim != 3:
+        raise ConfigError(f"probs must have shape (shards, samples, classes), got {probs.shape}")
+    w = np.ones(probs.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (probs.shape[0],):
+        raise ConfigError(f"{len(w)} shard weights given for {probs.shape[0]} shards")
+    if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+        raise ConfigError("shard weights must be finite, non-negative and not all zero")
+    scores = _AGGREGATORS[method](probs, w)
+    return scores.argmax(axis=1), scores

@@ -1,0 +1,73 @@
+"""Where shard work runs: in this process (:class:`LocalPool`) or in Ray actors.
+
+The driver logic in :mod:`raysisa.sisa.run` talks to a :class:`ShardPool` only, so the
+whole SISA flow runs (and is unit-tested) without Ray; :class:`raysisa.sisa.actors.RayPool`
+puts one Ray actor per shard behind the same four methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from raysisa.sisa.shard import ShardWorker
+
+__all__ = ["ShardPool", "LocalPool"]
+
+
+class ShardPool(Protocol):
+    """Runs ``ShardWorker`` methods for shards, asynchronously where it can."""
+
+    def concurrency(self, threads_per_shard: int) -> int:
+        """How many shards may train at once."""
+        ...
+
+    def submit(self, shard: int, method: str, *args: Any) -> Any:
+        """Start ``ShardWorker(shard).<method>(*args)``; return a handle."""
+        ...
+
+    def wait(self, handles: Sequence[Any]) -> list[Any]:
+        """Block until at least one handle is done; return the done ones."""
+        ...
+
+    def result(self, handle: Any) -> Any:
+        """The call's return value, or its exception raised here."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(eq=False)
+class _Done:
+    value: Any = None
+    error: BaseException | None = None
+
+
+class LocalPool:
+    """Runs every call immediately, in this process, one shard at a time."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+        self.workers: dict[int, ShardWorker] = {}
+
+    def concurrency(self, threads_per_shard: int) -> int:
+        return 1
+
+    def submit(self, shard: int, method: str, *args: Any) -> _Done:
+        worker = self.workers.setdefault(shard, ShardWorker(shard, self.device))
+        try:
+            return _Done(value=getattr(worker, method)(*args))
+        except Exception as exc:  # noqa: BLE001 - handed back through result()
+            return _Done(error=exc)
+
+    def wait(self, handles: Sequence[_Done]) -> list[_Done]:
+        return list(handles)
+
+    def result(self, handle: _Done) -> Any:
+        if handle.error is not None:
+            raise handle.error
+        return handle.value
+
+    def close(self) -> None:
+        self.workers.clear()

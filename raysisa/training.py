@@ -1,0 +1,184 @@
+"""The one training loop, and the pieces around it (seeds, optimiser, LR schedule, inference).
+
+Everything that trains a model in raysisa goes through :func:`train_epoch`: SISA slices
+today, unlearning methods later. A caller changes *what* is optimised by passing a
+``loss_fn`` and :class:`TrainHook` objects, never by copying the loop.
+
+Determinism: an epoch is fully determined by the model and optimiser state it starts
+from, the data, and the ``seed`` it is given (shuffle order, augmentation, dropout). SISA
+derives that seed from (run seed, shard, slice, epoch), so an epoch replayed after a
+rollback or a crash draws exactly what it drew the first time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raysisa.config import TrainConfig
+from raysisa.data.tensors import random_crop_flip
+
+__all__ = [
+    "EpochStats",
+    "TrainHook",
+    "LossFn",
+    "cross_entropy_loss",
+    "derive_seed",
+    "build_optimizer",
+    "lr_at",
+    "train_epoch",
+    "batch_bounds",
+    "predict_proba",
+    "optimizer_tensors",
+    "load_optimizer_tensors",
+]
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``model(x)`` against ``y``: plain supervised training."""
+    return F.cross_entropy(model(x), y)
+
+
+class TrainHook(Protocol):
+    """Optional callbacks into :func:`train_epoch` (e.g. gradient masks, weight projection)."""
+
+    def after_backward(self, model: nn.Module) -> None: ...
+
+    def after_step(self, model: nn.Module) -> None: ...
+
+
+@dataclass
+class EpochStats:
+    samples: int = 0
+    batches: int = 0
+    loss_sum: float = 0.0
+
+    @property
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(self.samples, 1)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed derived from integers (e.g. run seed, shard, slice, epoch)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def lr_at(config: TrainConfig, epoch: int, total_epochs: int) -> float:
+    """Learning rate of global epoch ``epoch`` (0-based) of a ``total_epochs`` budget."""
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(total_epochs, 1)))
+    return config.lr
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of each mini-batch of an epoch over ``n`` samples.
+
+    A trailing remainder smaller than half a batch joins the previous batch: a batch of 2
+    would give BatchNorm meaningless statistics and corrupt its running averages.
+
+    Example:
+        >>> batch_bounds(70, 32)
+        [(0, 32), (32, 70)]
+        >>> batch_bounds(80, 32)
+        [(0, 32), (32, 64), (64, 80)]
+    """
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < batch_size / 2:
+        (start, _), _ = bounds[-2], bounds.pop()
+        bounds[-1] = (start, n)
+    return bounds
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int,
+    seed: int,
+    augment: bool = False,
+    loss_fn: LossFn = cross_entropy_loss,
+    hooks: Sequence[TrainHook] = (),
+    device: torch.device | str = "cpu",
+) -> EpochStats:
+    """One shuffled pass over (x, y) in mini-batches, one optimiser step per batch.
+
+    Every sample is used once per epoch; see :func:`batch_bounds` for how a small
+    remainder is folded into the last batch.
+    """
+    model.train()
+    torch.manual_seed(seed)  # dropout and any other use of the global RNG
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(x), generator=generator)
+    stats = EpochStats()
+    for start, stop in batch_bounds(len(order), batch_size):
+        idx = order[start:stop]
+        xb, yb = x[idx], y[idx]
+        if augment:
+            xb = random_crop_flip(xb, generator)
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model, xb, yb)
+        loss.backward()
+        for hook in hooks:
+            if hasattr(hook, "after_backward"):
+                hook.after_backward(model)
+        optimizer.step()
+        for hook in hooks:
+            if hasattr(hook, "after_step"):
+                hook.after_step(model)
+        stats.samples += len(idx)
+        stats.batches += 1
+        stats.loss_sum += float(loss.detach()) * len(idx)
+    return stats
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Softmax probabilities (N, C) of ``model`` in eval mode, on CPU."""
+    model.eval()
+    out = [F.softmax(model(x[i : i + batch_size].to(device)), dim=1).cpu() for i in range(0, len(x), batch_size)]
+    if not out:
+        return torch.zeros((0, 0))
+    return torch.cat(out)
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimiser's state into tensors (``optim/<param index>/<name>``) and JSON data."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for index, entry in state["state"].items():
+        for name, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"optim/{index}/{name}"] = value
+            else:
+                scalars[f"{index}/{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Inverse of :func:`optimizer_tensors`."""
+    entries: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/", 2)
+            entries.setdefault(int(index), {})[name] = value
+    for key, value in meta.get("scalars", {}).items():
+        index, name = key.split("/", 1)
+        entries.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": entries, "param_groups": meta["param_groups"]})
