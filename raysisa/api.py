@@ -40,30 +40,39 @@ def _pool(pool: ShardPool | None, cluster: ClusterConfig | None, num_shards: int
 
 
 def train(
-    config: RunSpec | JobConfig,
+    config: RunSpec | JobConfig | None,
     store: str | StoreConfig,
     *,
     exclude_ids: Iterable[Any] | None = None,
     cluster: ClusterConfig | None = None,
     pool: ShardPool | None = None,
     progress: bool = False,
+    verify: bool = False,
 ) -> TrainReport:
     """Create (or resume) a SISA run at ``store`` and train every shard.
 
     Args:
-        config: the run's recipe (a :class:`JobConfig` also brings its ``cluster`` section).
+        config: the run's recipe (a :class:`JobConfig` also brings its ``cluster`` section);
+            ``None`` resumes the run already at ``store`` with its own recipe.
         store: URI or :class:`StoreConfig` of the run.
         exclude_ids: samples to leave out of the same partition (the exact-unlearning reference).
         cluster: Ray resources; defaults to the config's ``cluster`` section.
         pool: run shards here instead of in Ray actors (e.g. :class:`raysisa.LocalPool`).
         progress: show a progress bar.
+        verify: check every checkpoint's sha256 first and rebuild corrupt ones.
     """
-    spec = config.spec if isinstance(config, JobConfig) else config
-    if cluster is None and isinstance(config, JobConfig):
-        cluster = config.cluster
-    run = SisaRun.create(spec, as_store(store), exclude_ids)
+    if config is None:
+        run = SisaRun(as_store(store))
+        spec = run.store.spec  # raises StoreNotFoundError if there is no run to resume
+        if exclude_ids is not None:
+            SisaRun.create(spec, as_store(store), exclude_ids)  # checks they are excluded already
+    else:
+        spec = config.spec if isinstance(config, JobConfig) else config
+        if cluster is None and isinstance(config, JobConfig):
+            cluster = config.cluster
+        run = SisaRun.create(spec, as_store(store), exclude_ids)
     with _pool(pool, cluster, spec.sharding.num_shards) as shards:
-        return run.train(shards, progress)
+        return run.train(shards, progress, verify)
 
 
 def unlearn(
@@ -84,9 +93,18 @@ def unlearn(
         return run.unlearn(ids, shards, progress)
 
 
-def evaluate(store: str | StoreConfig, aggregation: str = "vote", weights: list[float] | None = None) -> EvalReport:
-    """Ensemble and per-shard test accuracy of the run at ``store`` (in this process)."""
-    return SisaRun(as_store(store)).evaluate(aggregation, weights)
+def evaluate(
+    store: str | StoreConfig,
+    aggregation: str = "vote",
+    weights: list[float] | None = None,
+    *,
+    pool: ShardPool | None = None,
+) -> EvalReport:
+    """Ensemble and per-shard test accuracy of the run at ``store``.
+
+    Models are loaded in this process, or in the shard workers of ``pool`` if given.
+    """
+    return SisaRun(as_store(store)).evaluate(aggregation, weights, pool)
 
 
 def inspect(store: str | StoreConfig, verify: bool = True) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 from raysisa import api
 from raysisa.config import ClusterConfig, StoreConfig, load_config
 from raysisa.errors import InvalidIdsError, RaysisaError
+from raysisa.store import RunStore
 
 __all__ = ["main", "build_parser", "read_ids_file"]
 
@@ -63,9 +64,12 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], lines: list[str]) -
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    job = load_config(args.config, args.set)
+    store = _store(args)
     exclude = read_ids_file(args.exclude_ids_file) if args.exclude_ids_file else None
-    report = api.train(job, _store(args), exclude_ids=exclude, cluster=_cluster(args, job.cluster), progress=not args.quiet)
+    resume = args.config is None and not args.set and RunStore(store).exists()
+    job = None if resume else load_config(args.config, args.set)
+    cluster = _cluster(args, job.cluster if job else None)
+    report = api.train(job, store, exclude_ids=exclude, cluster=cluster, progress=not args.quiet, verify=args.verify)
     _emit(
         args,
         report.to_dict(),
@@ -74,7 +78,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             f"{report.num_shards} shards x {report.num_slices} slices at {report.store}",
             f"{report.sample_grads:,} sample-gradients, {report.compute_seconds:.1f}s compute, "
             f"{report.wall_seconds:.1f}s wall",
-        ],
+        ]
+        + ([f"rebuilt {report.checkpoints_rebuilt} corrupt checkpoint(s)"] if report.checkpoints_rebuilt else []),
     )
 
 
@@ -148,9 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = command("train", "create (or resume) a SISA run and train every shard")
-    p.add_argument("--config", help="YAML config file (default: the embedded digits recipe)")
+    p.add_argument(
+        "--config", help="YAML config file (default: resume the run at --store, else the embedded digits recipe)"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=10")
     p.add_argument("--exclude-ids-file", help="train the same partition without these ids (the exact-unlearning reference)")
+    p.add_argument("--verify", action="store_true", help="check every checkpoint's sha256 first; rebuild corrupt ones")
     p.set_defaults(func=cmd_train)
 
     p = command("unlearn", "exactly unlearn samples: retrain only the slices that saw them")

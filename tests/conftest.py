@@ -60,7 +60,7 @@ def ray_cluster(s3_endpoint: str):  # noqa: ANN201 - the moto server must exist 
 
     ray.init(
         address="local",
-        num_cpus=2,
+        num_cpus=4,  # logical: shard actors reserve fractions; Ray may oversubscribe the 2 real cores
         include_dashboard=False,
         object_store_memory=256 * 1024**2,
         _temp_dir=tempfile.mkdtemp(prefix="raysisa-test-ray-"),
@@ -74,9 +74,10 @@ def ray_cluster(s3_endpoint: str):  # noqa: ANN201 - the moto server must exist 
 @pytest.fixture(scope="session")
 def ray_pool(ray_cluster):  # noqa: ANN001, ANN201
     """Shard actors shared by the integration tests (actor start-up is the slow part)."""
+    from raysisa.config import ClusterConfig
     from raysisa.sisa.actors import RayPool
 
-    pool = RayPool(num_shards=3)
+    pool = RayPool(ClusterConfig(cpus_per_shard=0.25, max_concurrent=2), num_shards=3)
     yield pool
     pool.close()
 
@@ -85,7 +86,7 @@ TINY = [
     "data.limit=240",
     "sharding.num_shards=3",
     "sharding.num_slices=3",
-    "train.epochs=4",
+    "train.epochs=8",
     "train.batch_size=16",
     "model.width=8",
 ]

@@ -1,7 +1,7 @@
 """Ray at the edge: one actor per shard around :class:`ShardWorker`, and Ray start-up.
 
 Actors are created lazily, reserve ``cluster.cpus_per_shard`` CPUs (by default the
-cluster's CPUs spread over the shards, at most one each) and ``cluster.gpus_per_shard``
+cluster's free CPUs spread over the shards, at most one each) and ``cluster.gpus_per_shard``
 GPUs, and are restarted by Ray up to ``cluster.max_restarts`` times; a call in flight when
 its actor dies is retried on the restarted actor, and since every ``ShardWorker`` call is
 idempotent and reads its state from the store, the retry resumes from the last checkpoint.
@@ -33,12 +33,14 @@ class RayPool:
 
     Args:
         cluster: resources and restart policy.
-        num_shards: shards of the run, used to spread CPUs when ``cpus_per_shard`` is unset.
+        num_shards: shards of the run, used to spread the free CPUs when ``cpus_per_shard``
+            is unset.
     """
 
     def __init__(self, cluster: ClusterConfig | None = None, num_shards: int = 1) -> None:
         self.cluster = cluster or ClusterConfig()
         self.cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        self.free_cpus = float(ray.available_resources().get("CPU", 0.0))
         self.num_shards = max(1, num_shards)
         self.actors: dict[int, Any] = {}
         self._shard_of: dict[ray.ObjectRef, int] = {}
@@ -50,7 +52,8 @@ class RayPool:
     def _cpus_per_shard(self) -> float:
         if self.cluster.cpus_per_shard is not None:
             return self.cluster.cpus_per_shard
-        return max(0.01, min(1.0, math.floor(100 * self.cpus / self.num_shards) / 100))
+        # Spread the CPUs that are free now, so every shard actor can start.
+        return max(0.01, min(1.0, math.floor(100 * self.free_cpus / self.num_shards) / 100))
 
     def actor(self, shard: int) -> Any:
         """The actor handle of ``shard`` (created on first use)."""

@@ -100,6 +100,7 @@ class TrainReport:
     sample_grads: int
     compute_seconds: float
     wall_seconds: float
+    checkpoints_rebuilt: int = 0
     slices: list[SliceReport] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,7 +181,8 @@ class SisaRun:
             InvalidIdsError: an excluded id is not a training sample.
         """
         run = cls(store)
-        excluded = parse_ids(exclude_ids) if exclude_ids is not None else np.zeros(0, np.int64)
+        exclude_ids = [] if exclude_ids is None else list(exclude_ids)
+        excluded = parse_ids(exclude_ids) if exclude_ids else np.zeros(0, np.int64)
         if run.store.exists():
             run._check_reopen(spec, excluded)
             return run
@@ -257,13 +259,37 @@ class SisaRun:
         return len(stale)
 
     # -- training --------------------------------------------------------------------------
-    def train(self, pool: ShardPool, progress: bool = False) -> TrainReport:
-        """Train every slice that has no checkpoint for the current data (resumes)."""
+    def train(self, pool: ShardPool, progress: bool = False, verify: bool = False) -> TrainReport:
+        """Train every slice that has no checkpoint for the current data (resumes).
+
+        Args:
+            pool: where shards train.
+            progress: show a progress bar.
+            verify: first check every checkpoint's sha256 and delete corrupt ones, so they
+                are rebuilt (bit-identically) from the last intact checkpoint before them.
+        """
         started = time.perf_counter()
         expected = self.expected_refs()
         self.purge_stale(expected)
+        rebuilt = self.delete_corrupt(expected) if verify else 0
         reports = self._run_work(pool, self.pending_work(expected), progress, "training")
-        return self._train_report(reports, time.perf_counter() - started)
+        report = self._train_report(reports, time.perf_counter() - started)
+        report.checkpoints_rebuilt = rebuilt
+        return report
+
+    def delete_corrupt(self, expected: dict[int, list[CheckpointRef]] | None = None) -> int:
+        """Verify every current checkpoint; delete (and log) the corrupt ones."""
+        expected = expected if expected is not None else self.expected_refs()
+        present = set(self.store.checkpoints.list())
+        corrupt = []
+        for refs in expected.values():
+            for ref in refs:
+                problem = self.store.checkpoints.verify(ref) if ref in present else None
+                if problem:
+                    log.error("%s; deleting it so it is rebuilt", problem)
+                    corrupt.append(ref)
+        self.store.checkpoints.delete(corrupt)
+        return len(corrupt)
 
     def _train_report(self, reports: list[SliceReport], wall: float) -> TrainReport:
         sharding = self.store.spec.sharding
@@ -309,6 +335,7 @@ class SisaRun:
             InvalidIdsError: malformed ids, or ids that never existed in the training data.
         """
         wanted = parse_ids(ids)
+        self.store.manifest()  # a clear error if there is no run here
         live_mask = np.isin(wanted, self.store.read_index()["id"].to_numpy())
         tombstoned = np.isin(wanted, self.store.tombstones()["id"].to_numpy())
         unknown = wanted[~live_mask & ~tombstoned]
@@ -363,8 +390,14 @@ class SisaRun:
         )
 
     # -- evaluation ------------------------------------------------------------------------
-    def shard_probs(self, x: torch.Tensor) -> np.ndarray:
-        """(S, N, C) softmax outputs of every shard's current model on ``x``."""
+    def shard_probs(self, x: torch.Tensor | None = None, pool: ShardPool | None = None) -> np.ndarray:
+        """(S, N, C) softmax outputs of every shard's current model on ``x`` (default: the
+        test split).
+
+        With a ``pool``, each shard predicts in its own worker (in parallel on Ray; the test
+        split is read there from the store); otherwise the models are loaded into this
+        process one after another.
+        """
         expected = self.expected_refs()
         stale = self.pending_work(expected)
         if stale:
@@ -372,13 +405,27 @@ class SisaRun:
                 f"shard(s) {', '.join(map(str, sorted(stale)))} are not trained on their current data; "
                 f"finish with `raysisa train --store {self.store.uri}`"
             )
+        if pool is not None:
+            if x is None:
+                handles = [pool.submit(shard, "predict_test", self.config) for shard in expected]
+            else:
+                handles = [pool.submit(shard, "predict", self.config, x) for shard in expected]
+            return np.stack([pool.result(h).numpy() for h in handles])
+        if x is None:
+            x, _ = to_tensors(self.store.read_test(), self.store.info)
         return np.stack([predict_proba(load_model(self.store, refs[-1]), x).numpy() for refs in expected.values()])
 
-    def evaluate(self, aggregation: str = "vote", weights: list[float] | None = None) -> EvalReport:
-        """Ensemble and per-shard accuracy on the test split."""
-        x, y = to_tensors(self.store.read_test(), self.store.info)
-        probs = self.shard_probs(x)
-        labels = y.numpy()
+    def evaluate(self, aggregation: str = "vote", weights: list[float] | None = None, pool: ShardPool | None = None) -> EvalReport:
+        """Ensemble and per-shard accuracy on the test split.
+
+        Shards left without samples (every one deleted) get weight 0 unless ``weights`` is given.
+        """
+        self.store.manifest()  # a clear error if there is no run here
+        labels = self.store.read_test()["label"].to_numpy()
+        probs = self.shard_probs(None, pool)
+        if weights is None:
+            sizes = np.bincount(self.store.read_index()["shard"].to_numpy(), minlength=len(probs))
+            weights = None if sizes.all() else (sizes > 0).astype(float).tolist()
         predictions, _ = aggregate(probs, aggregation, weights)
         return EvalReport(
             store=self.store.uri,

@@ -28,7 +28,7 @@ from raysisa.data.samples import DatasetInfo
 from raysisa.data.tensors import to_tensors
 from raysisa.models import build_model
 from raysisa.store import CheckpointRef, RunStore, slice_keys, tensors_sha256
-from raysisa.store.run import MANIFEST, parquet_table
+from raysisa.store.run import MANIFEST, TEST_KEY, parquet_table
 from raysisa.training import (
     build_optimizer,
     derive_seed,
@@ -105,6 +105,7 @@ class ShardWorker:
         self.device = device
         self._runs: dict[str, _Run] = {}
         self._decoded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # partition sha256 -> (x, y)
+        self._test: dict[str, torch.Tensor] = {}  # test split sha256 -> x
 
     def pid(self) -> int:
         return os.getpid()
@@ -113,6 +114,8 @@ class ShardWorker:
         # Keyed by the manifest's content too: a store URI reused for a new run is a new run.
         key = store.model_dump_json() + hashlib.sha256(RunStore(store).objects.get_bytes(MANIFEST)).hexdigest()
         if key not in self._runs:
+            if len(self._runs) >= 8:  # a long-lived actor serves few runs at a time
+                self._runs.pop(next(iter(self._runs)))
             self._runs[key] = _Run(store)
         return self._runs[key]
 
@@ -132,6 +135,12 @@ class ShardWorker:
         if digest not in self._decoded:
             self._decoded[digest] = to_tensors(parquet_table(blob, "partition"), run.info)
         return self._decoded[digest]
+
+    def _keep_decoded(self, blobs: list[bytes]) -> None:
+        """Forget decoded partitions that are no longer current (e.g. rewritten by a deletion)."""
+        current = {hashlib.sha256(b).hexdigest() for b in blobs}
+        for digest in set(self._decoded) - current:
+            del self._decoded[digest]
 
     def train_slice(self, store: StoreConfig, slice_: int) -> SliceReport:
         """Make sure checkpoint ``slice_`` exists for the current data; train it if not."""
@@ -164,6 +173,7 @@ class ShardWorker:
             load_optimizer_tensors(optimizer, previous.tensors, previous.manifest["optimizer"])
 
         parts = [self._tensors(blobs[i], run) for i in range(r)]
+        self._keep_decoded(blobs)
         x = torch.cat([p[0] for p in parts])
         y = torch.cat([p[1] for p in parts])
         plan = slice_epochs(spec.train.epochs, spec.sharding.num_slices)
@@ -219,3 +229,12 @@ class ShardWorker:
         refs = shard_refs(run.store, self.shard)
         model = load_model(run.store, refs[-1], self.device)
         return predict_proba(model, x, device=self.device)
+
+    def predict_test(self, store: StoreConfig) -> torch.Tensor:
+        """Softmax probabilities of this shard's current model on the run's test split."""
+        run = self._run(store)
+        blob = run.store.objects.get_bytes(TEST_KEY)
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest not in self._test:
+            self._test = {digest: to_tensors(parquet_table(blob, "test split"), run.info)[0]}
+        return self.predict(store, self._test[digest])

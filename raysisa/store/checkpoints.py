@@ -138,7 +138,8 @@ class CheckpointStore:
         if len(blob) != manifest["blob_bytes"] or hashlib.sha256(blob).hexdigest() != manifest["blob_sha256"]:
             raise CheckpointCorruptError(
                 f"checkpoint {ref.short()} is corrupt: {self.store.uri(ref.blob)} has {len(blob)} bytes and a "
-                f"sha256 that does not match its manifest ({manifest['blob_bytes']} bytes expected); it was not loaded"
+                f"sha256 that does not match its manifest ({manifest['blob_bytes']} bytes expected); it was not loaded. "
+                "`raysisa train --store URI --verify` deletes corrupt checkpoints and rebuilds them"
             )
         try:
             tensors = st_load(blob)

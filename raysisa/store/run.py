@@ -30,12 +30,13 @@ from raysisa.errors import StoreError, StoreNotFoundError
 from raysisa.store.checkpoints import CheckpointStore
 from raysisa.store.objects import ObjectStore
 
-__all__ = ["RunStore", "MANIFEST", "TOMBSTONE_SCHEMA", "parquet_bytes", "parquet_table"]
+__all__ = ["RunStore", "MANIFEST", "TEST_KEY", "TOMBSTONE_SCHEMA", "parquet_bytes", "parquet_table"]
 
 MANIFEST = "raysisa.json"
 FORMAT_VERSION = 1
 INDEX = "index/assignment.parquet"
 TOMBSTONES = "index/tombstones.parquet"
+TEST_KEY = "data/test/part-0.parquet"
 TOMBSTONE_SCHEMA = pa.schema(
     [("id", pa.int64()), ("shard", pa.int64()), ("slice", pa.int64()), ("deleted_at", pa.string()), ("reason", pa.string())]
 )
@@ -133,11 +134,10 @@ class RunStore:
         return [self.read_partition(shard, r, ["id"])["id"].to_numpy() for r in range(1, slices + 1)]
 
     def write_test(self, table: pa.Table) -> None:
-        self.objects.put_bytes("data/test/part-0.parquet", parquet_bytes(table.cast(SAMPLE_SCHEMA)))
+        self.objects.put_bytes(TEST_KEY, parquet_bytes(table.cast(SAMPLE_SCHEMA)))
 
     def read_test(self) -> pa.Table:
-        key = "data/test/part-0.parquet"
-        return parquet_table(self.objects.get_bytes(key), self.objects.uri(key))
+        return parquet_table(self.objects.get_bytes(TEST_KEY), self.objects.uri(TEST_KEY))
 
     def data_keys(self) -> list[str]:
         """Every data object (train partitions and test split)."""

@@ -1,0 +1,106 @@
+"""The ``raysisa`` command line, run in process against the session's Ray cluster."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from raysisa.cli import main, read_ids_file
+from raysisa.config import StoreConfig
+from raysisa.errors import InvalidIdsError
+from tests.conftest import TINY
+from tests.sisa_checks import pick
+
+pytestmark = pytest.mark.ray
+
+SET = [arg for item in TINY for arg in ("--set", item)]
+
+
+def run(capsys, *argv):
+    code = main([*argv, "--quiet"])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_unlearn_evaluate_inspect_and_the_exclusion_reference(tmp_path, capsys, ray_cluster):
+    store, reference = str(tmp_path / "sisa"), str(tmp_path / "reference")
+    code, out, _ = run(capsys, "train", "--store", store, *SET, "--json")
+    assert code == 0 and json.loads(out)["slices_trained"] == 9
+
+    ids = pick(StoreConfig(uri=store), [(0, 1, 0), (1, 3, 2)])
+    code, out, _ = run(capsys, "unlearn", "--store", store, "--ids", ",".join(map(str, ids)), "--json")
+    report = json.loads(out)
+    assert code == 0 and sorted(report["deleted"]) == sorted(ids) and report["slices_retrained"] == 3 + 1
+
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("# deleted above\n" + "\n".join(map(str, ids)) + "\n")
+    code, out, _ = run(capsys, "train", "--store", reference, *SET, "--exclude-ids-file", str(ids_file))
+    assert code == 0 and "trained 9 slice(s)" in out
+
+    shas = []
+    for location in (store, reference):
+        code, out, _ = run(capsys, "inspect", "--store", location, "--json")
+        info = json.loads(out)
+        assert code == 0 and info["data"]["tombstones"] == 2
+        shas.append([s["model_sha256"] for s in info["shards"]])
+    assert shas[0] == shas[1]
+
+    code, out, _ = run(capsys, "evaluate", "--store", store, "--json")
+    assert code == 0 and 0 <= json.loads(out)["accuracy"] <= 100
+    code, out, _ = run(capsys, "evaluate", "--store", store, "--aggregation", "mean_softmax")
+    assert code == 0 and "ensemble accuracy (mean_softmax)" in out
+    code, out, _ = run(capsys, "inspect", "--store", store)
+    assert code == 0 and "checkpoints [####]" in out
+
+    # already deleted: a no-op that says so; bad ids: exit 2 and a clear message
+    code, out, _ = run(capsys, "unlearn", "--store", store, "--ids-file", str(ids_file))
+    assert code == 0 and "already deleted" in out
+    code, _, err = run(capsys, "unlearn", "--store", store, "--ids", "1,x")
+    assert code == 2 and "not integers: 'x'" in err
+
+
+def test_errors_exit_2_with_a_message(tmp_path, capsys):
+    code, _, err = run(capsys, "evaluate", "--store", str(tmp_path / "nothing"))
+    assert code == 2 and "no raysisa run at" in err
+    code, _, err = run(capsys, "train", "--store", str(tmp_path / "x"), "--set", "train.epochs=0")
+    assert code == 2 and "train.epochs" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {name: alexnet}\n")
+    code, _, err = run(capsys, "train", "--store", str(tmp_path / "x"), "--config", str(bad))
+    assert code == 2 and "unknown model 'alexnet'" in err
+
+
+def test_ids_files(tmp_path):
+    path = tmp_path / "ids.json"
+    path.write_text("[1, 2, 3]")
+    assert read_ids_file(str(path)) == [1, 2, 3]
+    path.write_text("4, 5\n6 # six\n")
+    assert read_ids_file(str(path)) == ["4", "5", "6"]
+    path.write_text("[1, 2")
+    with pytest.raises(InvalidIdsError, match="not valid"):
+        read_ids_file(str(path))
+    with pytest.raises(InvalidIdsError, match="cannot read ids file"):
+        read_ids_file(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "unlearn", "evaluate", "inspect"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0 and "--store" in capsys.readouterr().out
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "raysisa", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "demo" in out and "unlearn" in out
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, capsys, ray_cluster):
+    code, out, _ = run(capsys, "demo", "--store", str(tmp_path / "demo"), "--json")
+    result = json.loads(out)
+    assert code == 0
+    assert result["bit_identical_to_retrain"] is True
+    assert result["deleted"] == 15 and result["shards_retrained"] >= 1
+    assert result["accuracy_after"] > 90 and result["slices_retrained"] <= result["slices_total"]

@@ -1,0 +1,32 @@
+"""The repository's promises about itself: README commands, CI, configs."""
+
+from pathlib import Path
+
+from raysisa.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _readme_commands():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    return block.strip().splitlines()
+
+
+def test_readme_starts_with_install_plus_demo_and_the_test_command():
+    install, tests = _readme_commands()[:2]
+    assert install == 'python3 -m venv .venv && .venv/bin/pip install -e ".[dev]" && .venv/bin/raysisa demo'
+    assert tests == ".venv/bin/python -m pytest -q"
+    assert tests in (ROOT / ".ci" / "run").read_text()
+
+
+def test_shipped_configs_are_valid():
+    configs = sorted((ROOT / "cluster" / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        load_config(path)
+
+
+def test_top_level_layout():
+    for name in ("pyproject.toml", "raysisa", "cluster", "tune_configs", "tests", "k8s", "bench", "README.md", "BENCHMARKS.md", ".ci/run"):
+        assert (ROOT / name).exists(), name
