@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-HEADER = "# Benchmarks\n\nEvery section is written by the script it names; rerun the script to refresh it.\n"
+HEADER = "# Benchmarks\n\nEvery table sits between markers written by the script it names; rerun the script to refresh it.\n"
 
 
 def write_section(path: Path, name: str, body: str) -> None:

@@ -55,6 +55,12 @@ def _validate(cls: type[BaseModel], data: Any, where: str = "") -> Any:
         raise ConfigError(_describe(exc, where)) from None
 
 
+def _registered(registry: Any, value: str) -> str:
+    if value not in registry:
+        raise ValueError(registry.unknown(value))
+    return value
+
+
 _INIT_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("raysisa_config_depth", default=0)
 
 
@@ -113,11 +119,9 @@ class DataConfig(_Config):
     @field_validator("source")
     @classmethod
     def _known_source(cls, value: str) -> str:
-        from raysisa.data.sources import list_sources
+        from raysisa.data.sources import SOURCES
 
-        if value not in list_sources():
-            raise ValueError(f"unknown data source {value!r}; valid sources: {', '.join(list_sources())}")
-        return value
+        return _registered(SOURCES, value)
 
     def identity(self) -> dict[str, Any]:
         """Fields that decide *which* samples are used (not where the files live)."""
@@ -146,11 +150,9 @@ class ModelConfig(_Config):
     @field_validator("name")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        from raysisa.models import list_models
+        from raysisa.models import MODELS
 
-        if value not in list_models():
-            raise ValueError(f"unknown model {value!r}; valid models: {', '.join(list_models())}")
-        return value
+        return _registered(MODELS, value)
 
 
 class TrainConfig(_Config):

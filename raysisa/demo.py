@@ -57,16 +57,16 @@ def run_demo(
         try:
             sisa = SisaRun.create(spec, main_store)
             trained = sisa.train(pool, progress)
-            before = sisa.evaluate()
+            before = sisa.evaluate(pool=pool)
             sizes = [shard["slice_sizes"] for shard in sisa.inspect(verify=False)["shards"]]
             live = sisa.store.read_index()["id"].to_numpy()
             count = max(1, math.ceil(fraction * len(live)))
             forget = np.sort(np.random.default_rng(seed).choice(live, size=count, replace=False))
             unlearned = sisa.unlearn(forget, pool, progress)
-            after = sisa.evaluate()
+            after = sisa.evaluate(pool=pool)
             reference = SisaRun.create(spec, ref_store, exclude_ids=forget)
             retrained = reference.train(pool, progress)
-            retrained_eval = reference.evaluate()
+            retrained_eval = reference.evaluate(pool=pool)
         finally:
             pool.close()
     ours = [s["model_sha256"] for s in sisa.inspect()["shards"]]

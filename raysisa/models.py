@@ -14,35 +14,25 @@ from torch import nn
 
 from raysisa.config import ModelConfig
 from raysisa.data.samples import DatasetInfo
+from raysisa.registry import Registry
 
-__all__ = ["register_model", "list_models", "build_model"]
+__all__ = ["MODELS", "register_model", "list_models", "build_model"]
 
 Builder = Callable[[DatasetInfo, ModelConfig], nn.Module]
-_MODELS: dict[str, Builder] = {}
-
-
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator registering a model builder under ``name``. Duplicate names fail."""
-
-    def decorate(fn: Builder) -> Builder:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = fn
-        return fn
-
-    return decorate
+MODELS: Registry[Builder] = Registry("model")
+register_model = MODELS.register  # decorator: @register_model("name")
 
 
 def list_models() -> list[str]:
     """Names of all registered models, sorted."""
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def build_model(info: DatasetInfo, config: ModelConfig) -> nn.Module:
     """Build the model named by ``config.name`` for data described by ``info``."""
-    if config.name not in _MODELS:
-        raise ValueError(f"unknown model {config.name!r}; valid models: {', '.join(list_models())}")
-    return _MODELS[config.name](info, config)
+    if config.name not in MODELS:
+        raise ValueError(MODELS.unknown(config.name))
+    return MODELS.get(config.name)(info, config)
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:

@@ -23,30 +23,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysisa.errors import DataError
+from raysisa.registry import Registry
 
 log = logging.getLogger(__name__)
 
-__all__ = ["register_source", "list_sources", "load_source"]
+__all__ = ["SOURCES", "register_source", "list_sources", "load_source"]
 
 SourceFn = Callable[["DataConfig"], "SourceData"]  # noqa: F821 - forward refs for docs
-_SOURCES: dict[str, SourceFn] = {}
-
-
-def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
-    """Decorator registering a data source under ``name``. Duplicate names fail."""
-
-    def decorate(fn: SourceFn) -> SourceFn:
-        if name in _SOURCES:
-            raise ValueError(f"data source {name!r} is already registered")
-        _SOURCES[name] = fn
-        return fn
-
-    return decorate
+SOURCES: Registry[SourceFn] = Registry("data source")
+register_source = SOURCES.register  # decorator: @register_source("name")
 
 
 def list_sources() -> list[str]:
     """Names of all registered data sources, sorted."""
-    return sorted(_SOURCES)
+    return SOURCES.names()
 
 
 def load_source(config):  # noqa: ANN001, ANN201 - DataConfig -> SourceData (import cycle)
@@ -57,9 +47,9 @@ def load_source(config):  # noqa: ANN001, ANN201 - DataConfig -> SourceData (imp
     """
     from raysisa.data.samples import SourceData, check_table
 
-    if config.source not in _SOURCES:
-        raise DataError(f"unknown data source {config.source!r}; valid sources: {', '.join(list_sources())}")
-    data = _SOURCES[config.source](config)
+    if config.source not in SOURCES:
+        raise DataError(SOURCES.unknown(config.source))
+    data = SOURCES.get(config.source)(config)
     train = check_table(data.train, f"{config.source} train split")
     test = check_table(data.test, f"{config.source} test split")
     overlap = np.intersect1d(train["id"].to_numpy(), test["id"].to_numpy())

@@ -15,25 +15,17 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from raysisa.errors import ConfigError
+from raysisa.registry import Registry
 
-__all__ = ["register_aggregator", "list_aggregators", "aggregate"]
+__all__ = ["AGGREGATORS", "register_aggregator", "list_aggregators", "aggregate"]
 
 Aggregator = Callable[[np.ndarray, np.ndarray], np.ndarray]
-_AGGREGATORS: dict[str, Aggregator] = {}
-
-
-def register_aggregator(name: str) -> Callable[[Aggregator], Aggregator]:
-    def decorate(fn: Aggregator) -> Aggregator:
-        if name in _AGGREGATORS:
-            raise ValueError(f"aggregator {name!r} is already registered")
-        _AGGREGATORS[name] = fn
-        return fn
-
-    return decorate
+AGGREGATORS: Registry[Aggregator] = Registry("aggregation")
+register_aggregator = AGGREGATORS.register  # decorator: @register_aggregator("name")
 
 
 def list_aggregators() -> list[str]:
-    return sorted(_AGGREGATORS)
+    return AGGREGATORS.names()
 
 
 @register_aggregator("vote")
@@ -68,8 +60,8 @@ def aggregate(
         >>> aggregate(p, "vote")[0].tolist()
         [0]
     """
-    if method not in _AGGREGATORS:
-        raise ConfigError(f"unknown aggregation {method!r}; valid: {', '.join(list_aggregators())}")
+    if method not in AGGREGATORS:
+        raise ConfigError(AGGREGATORS.unknown(method))
     probs = np.asarray(probs)
     if probs.ndim != 3:
         raise ConfigError(f"probs must have shape (shards, samples, classes), got {probs.shape}")
@@ -78,5 +70,5 @@ def aggregate(
         raise ConfigError(f"{len(w)} shard weights given for {probs.shape[0]} shards")
     if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
         raise ConfigError("shard weights must be finite, non-negative and not all zero")
-    scores = _AGGREGATORS[method](probs, w)
+    scores = AGGREGATORS.get(method)(probs, w)
     return scores.argmax(axis=1), scores

@@ -44,6 +44,44 @@ def test_exact_unlearning_in_ray_actors(tmp_path, tiny_job, ray_pool, s3_endpoin
 
 
 @pytest.mark.s3
+def test_every_deletion_shape_on_s3(tiny_job, ray_pool, s3_endpoint, s3_bucket):
+    """Inside one slice, across slices, across shards: one request after another on S3,
+    each compared with a from-scratch run that excludes everything deleted so far."""
+    from tests.unit.test_sisa_local import CASES
+
+    store = StoreConfig(uri=f"{s3_bucket}/shapes/sisa", endpoint_url=s3_endpoint)
+    train(tiny_job, store, pool=ray_pool)
+    deleted = []
+    for n, case in enumerate(sorted(CASES)):
+        ids = [i for i in pick(store, [(k, r, p + 1) for k, r, p in CASES[case]]) if i not in deleted]
+        unlearn(store, ids, pool=ray_pool)
+        deleted += ids
+        reference = StoreConfig(uri=f"{s3_bucket}/shapes/reference-{n}", endpoint_url=s3_endpoint)
+        train(tiny_job, reference, exclude_ids=deleted, pool=LocalPool())
+        assert model_shas(store) == model_shas(reference), case
+    assert_no_residue(store, deleted)
+
+
+@pytest.mark.s3
+def test_parquet_source_read_from_s3(tmp_path, s3_endpoint, s3_bucket):
+    import s3fs
+
+    from raysisa.config import DataConfig
+    from raysisa.data import load_source
+    from tests import fakes
+
+    fakes.write_cifar_like_parquet(tmp_path)
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    fs.put(str(tmp_path / "train.parquet"), f"{s3_bucket}/cifar/train.parquet")
+    fs.put(str(tmp_path / "test.parquet"), f"{s3_bucket}/cifar/test.parquet")
+    config = DataConfig(
+        source="parquet", uri=f"{s3_bucket}/cifar", storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}}
+    )
+    data = load_source(config)
+    assert (data.train.num_rows, data.test.num_rows) == (60, 20) and data.info.num_classes == 4
+
+
+@pytest.mark.s3
 def test_bad_input_leaves_an_s3_store_unchanged(tiny_job, ray_pool, s3_endpoint, s3_bucket):
     store = StoreConfig(uri=f"{s3_bucket}/bad-input", endpoint_url=s3_endpoint)
     train(tiny_job, store, pool=ray_pool)

@@ -41,7 +41,7 @@ def test_weights():
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
-        ({"method": "median"}, "valid: mean_softmax, vote"),
+        ({"method": "median"}, "valid aggregations: mean_softmax, vote"),
         ({"weights": [1, 1]}, "2 shard weights given for 3 shards"),
         ({"weights": [0, 0, 0]}, "not all zero"),
         ({"weights": [1, -1, 1]}, "non-negative"),

@@ -25,7 +25,7 @@ def test_yaml_file_and_overrides(tmp_path):
     [
         ({"train": {"epochs": 0}}, "train.epochs"),
         ({"sharding": {"num_shards": -1}}, "sharding.num_shards"),
-        ({"data": {"source": "imagenet"}}, "unknown data source 'imagenet'; valid sources: cifar10, cifar100, digits"),
+        ({"data": {"source": "imagenet"}}, "unknown data source 'imagenet'; valid data sources: cifar10, cifar100, digits"),
         ({"model": {"name": "vgg"}}, "unknown model 'vgg'; valid models: mobilenet_v2, resnet18, small_cnn"),
         ({"train": {"lr_schedule": "step"}}, "train.lr_schedule"),
         ({"train": {"epoch": 3}}, "train.epoch: Extra inputs are not permitted"),

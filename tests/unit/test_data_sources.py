@@ -78,7 +78,7 @@ def test_real_cifar10_parquet_from_shared():
 
 
 def test_unknown_source_names_the_valid_ones():
-    with pytest.raises(ConfigError, match="valid sources: cifar10, cifar100, digits, parquet, svhn"):
+    with pytest.raises(ConfigError, match="valid data sources: cifar10, cifar100, digits, parquet, svhn"):
         DataConfig(source="mnist")
     with pytest.raises(DataError, match="unknown data source 'mnist'"):
         load_source(DataConfig.model_construct(source="mnist"))
