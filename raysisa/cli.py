@@ -66,8 +66,9 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], lines: list[str]) -
 def cmd_train(args: argparse.Namespace) -> None:
     store = _store(args)
     exclude = read_ids_file(args.exclude_ids_file) if args.exclude_ids_file else None
-    resume = args.config is None and not args.set and RunStore(store).exists()
-    job = None if resume else load_config(args.config, args.set)
+    resume = args.config is None and not args.set and not args.data_dir and RunStore(store).exists()
+    overrides = list(args.set) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
+    job = None if resume else load_config(args.config, overrides)
     cluster = _cluster(args, job.cluster if job else None)
     report = api.train(job, store, exclude_ids=exclude, cluster=cluster, progress=not args.quiet, verify=args.verify)
     _emit(
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", help="YAML config file (default: resume the run at --store, else the embedded digits recipe)"
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=10")
+    p.add_argument("--data-dir", help="local copy of a torchvision data set (same as --set data.data_dir=DIR)")
     p.add_argument("--exclude-ids-file", help="train the same partition without these ids (the exact-unlearning reference)")
     p.add_argument("--verify", action="store_true", help="check every checkpoint's sha256 first; rebuild corrupt ones")
     p.set_defaults(func=cmd_train)

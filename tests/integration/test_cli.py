@@ -71,6 +71,20 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys):
     assert code == 2 and "unknown model 'alexnet'" in err
 
 
+def test_train_from_a_torchvision_data_dir(tmp_path, capsys, ray_cluster):
+    from tests import fakes
+
+    fakes.write_cifar10(tmp_path / "data", per_batch=12, n_test=10)
+    store = str(tmp_path / "c10")
+    args = ["--set", "data.source=cifar10", "--set", "data.verify_checksums=false", "--set", "sharding.num_shards=2"]
+    args += ["--set", "sharding.num_slices=2", "--set", "train.epochs=2", "--set", "model.width=4"]
+    code, out, err = run(capsys, "train", "--store", store, "--data-dir", str(tmp_path / "data"), *args, "--json")
+    assert code == 0, err
+    assert json.loads(out)["slices_trained"] == 4
+    code, out, _ = run(capsys, "inspect", "--store", store, "--json")
+    assert json.loads(out)["data"]["name"] == "cifar10" and json.loads(out)["data"]["train_samples"] == 60
+
+
 def test_ids_files(tmp_path):
     path = tmp_path / "ids.json"
     path.write_text("[1, 2, 3]")

@@ -30,7 +30,12 @@ def test_unlearning_equals_training_without_the_ids(tmp_path, tiny_job, trained,
     where = CASES[case]
     ids = pick(trained, where)
     before = {k: checkpoint_bytes(trained, k) for k in range(3)}
+    data_before = {k: v for k, v in RunStore(trained).listing().items() if k.startswith("data/")}
     report = unlearn(trained, ids, pool=LocalPool())
+    data_after = {k: v for k, v in RunStore(trained).listing().items() if k.startswith("data/")}
+    # deleting rewrites exactly the partitions that held the ids, nothing else
+    changed = {k for k in data_before if data_before[k] != data_after[k]}
+    assert changed == {RunStore.partition_key(k, r) for k, r, _ in where}
 
     reference = _store(tmp_path, "reference")
     train(tiny_job, reference, exclude_ids=ids, pool=LocalPool())
