@@ -11,7 +11,7 @@ Example:
 
 __version__ = "0.1.0"
 
-from raysisa.api import evaluate, inspect, train, unlearn
+from raysisa.api import compare, evaluate, inspect, train, unlearn
 from raysisa.config import (
     ClusterConfig,
     DataConfig,
@@ -37,6 +37,7 @@ from raysisa.errors import (
     StoreNotFoundError,
 )
 from raysisa.models import list_models, register_model
+from raysisa.unlearn import get_method, list_methods, register_method
 from raysisa.sisa import (
     EvalReport,
     LocalPool,
@@ -73,7 +74,11 @@ __all__ = [
     "TrainReport",
     "UnlearnReport",
     "aggregate",
+    "compare",
     "evaluate",
+    "get_method",
+    "list_methods",
+    "register_method",
     "inspect",
     "list_aggregators",
     "list_models",

@@ -18,7 +18,7 @@ from raysisa.config import ClusterConfig, JobConfig, RunSpec, StoreConfig
 from raysisa.sisa.pool import LocalPool, ShardPool
 from raysisa.sisa.run import EvalReport, SisaRun, TrainReport, UnlearnReport
 
-__all__ = ["train", "unlearn", "evaluate", "inspect", "as_store"]
+__all__ = ["train", "unlearn", "evaluate", "inspect", "compare", "as_store"]
 
 
 def as_store(store: str | StoreConfig, endpoint_url: str | None = None) -> StoreConfig:
@@ -110,3 +110,23 @@ def evaluate(
 def inspect(store: str | StoreConfig, verify: bool = True) -> dict[str, Any]:
     """A JSON-ready description of the run at ``store``."""
     return SisaRun(as_store(store)).inspect(verify)
+
+
+def compare(
+    config: JobConfig,
+    store: str | StoreConfig,
+    *,
+    methods: list[str] | None = None,
+    seeds: list[int] | None = None,
+    cluster: ClusterConfig | None = None,
+    pool: ShardPool | None = None,
+    progress: bool = False,
+):  # noqa: ANN201 - CompareReport (imported lazily)
+    """Compare retraining with approximate methods on one forget scenario
+    (:func:`raysisa.evaluation.compare`); the report lands in ``reports/<name>/``."""
+    from raysisa.evaluation.compare import compare as run_compare
+    from raysisa.evaluation.compare import resolve_methods
+
+    resolve_methods(config.compare, methods)  # bad names or args fail before Ray starts
+    with _pool(pool, cluster or config.cluster, config.sharding.num_shards) as shards:
+        return run_compare(config, as_store(store), shards, methods, seeds, progress)

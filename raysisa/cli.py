@@ -127,6 +127,23 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     _emit(args, info, lines)
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    job = load_config(args.config, args.set)
+    methods = _split_ids(args.methods) if args.methods else None
+    seeds = [int(s) for s in _split_ids(args.seeds)] if args.seeds else None
+    report = api.compare(job, _store(args), methods=methods, seeds=seeds, cluster=_cluster(args, job.cluster), progress=not args.quiet)
+    from raysisa.evaluation.report import markdown_table
+
+    base = f"{args.store.rstrip('/')}/reports/{report.name}"
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        objects = RunStore(_store(args)).objects
+        for name in ("report.md", "report.json", "gaps.png"):
+            (out / name).write_bytes(objects.get_bytes(f"reports/{report.name}/{name}"))
+    _emit(args, report.to_dict(), [markdown_table(report), "", f"report: {base}/report.md, report.json, gaps.png"])
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from raysisa.demo import run_demo
 
@@ -173,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aggregation", default="vote", help="vote (default) or mean_softmax")
     p.add_argument("--weights", help="comma-separated shard weights")
     p.set_defaults(func=cmd_evaluate)
+
+    p = command("compare", "retrain and approximate unlearning methods on the same forget set, with a report")
+    p.add_argument("--config", help="YAML config with a `compare` section (default: digits, random 10%%)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--methods", help="comma-separated methods (default: the config's, else all)")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
+    p.add_argument("--out", help="also copy report.md, report.json and gaps.png into this local folder")
+    p.set_defaults(func=cmd_compare)
 
     p = command("inspect", "config, shards, slices, checkpoints and model hashes of a run")
     p.add_argument("--no-verify", action="store_true", help="skip checking checkpoint sha256s")

@@ -16,7 +16,7 @@ import contextvars
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from raysisa.errors import ConfigError
 
 __all__ = [
+    "ConfigModel",
     "DataConfig",
     "ShardingConfig",
     "ModelConfig",
@@ -31,11 +32,22 @@ __all__ = [
     "ClusterConfig",
     "StoreConfig",
     "RunSpec",
+    "PoisonConfig",
+    "RandomForget",
+    "ClasswiseForget",
+    "NonIIDForget",
+    "BackdoorForget",
+    "Scenario",
+    "PruneConfig",
+    "CompareConfig",
     "JobConfig",
     "load_config",
     "parse_config",
     "slice_epochs",
 ]
+
+
+_INIT_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("raysisa_config_depth", default=0)
 
 
 def _describe(exc: ValidationError, where: str = "") -> str:
@@ -49,10 +61,13 @@ def _describe(exc: ValidationError, where: str = "") -> str:
 
 def _validate(cls: type[BaseModel], data: Any, where: str = "") -> Any:
     """Build ``cls`` from ``data``, turning pydantic's error into a one-line ConfigError."""
+    depth = _INIT_DEPTH.set(_INIT_DEPTH.get() + 1)  # nested sections must not translate
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, where)) from None
+    finally:
+        _INIT_DEPTH.reset(depth)
 
 
 def _registered(registry: Any, value: str) -> str:
@@ -61,10 +76,9 @@ def _registered(registry: Any, value: str) -> str:
     return value
 
 
-_INIT_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("raysisa_config_depth", default=0)
+class ConfigModel(BaseModel):
+    """Base of every config: frozen, no unknown keys, errors raised as :class:`ConfigError`."""
 
-
-class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     def __init__(self, **data: Any) -> None:
@@ -87,7 +101,32 @@ class _Config(BaseModel):
         return _validate(cls, data)
 
 
-class DataConfig(_Config):
+class PoisonConfig(ConfigModel):
+    """Backdoor poisoning of the training data (SPEC 3.5), applied when the data is loaded.
+
+    A seeded ``fraction`` of the training samples get a ``patch`` x ``patch`` square of
+    grey level ``value`` stamped ``margin`` pixels from the bottom-right corner and are
+    relabelled to class ``target``. Their ids form the ``backdoor`` forget set.
+
+    Args:
+        fraction: share of training samples poisoned (Unlearn-Sparse: 0.1).
+        target: class the trigger maps to.
+        patch: side of the square trigger in pixels (4 for 32x32 CIFAR).
+        margin: distance from the bottom and right edges.
+        value: grey level 0..255 of the trigger (0, black, as in Unlearn-Sparse; use 255
+            on digits, whose background is black).
+        seed: which samples are poisoned.
+    """
+
+    fraction: float = Field(0.1, gt=0, lt=1)
+    target: int = Field(0, ge=0)
+    patch: int = Field(4, ge=1)
+    margin: int = Field(2, ge=0)
+    value: int = Field(0, ge=0, le=255)
+    seed: int = 0
+
+
+class DataConfig(ConfigModel):
     """Where the samples come from.
 
     Args:
@@ -103,6 +142,7 @@ class DataConfig(_Config):
         test_limit: keep only this many test samples.
         verify_checksums: check torchvision files against their published md5 sums.
         storage_options: fsspec options for ``uri`` (e.g. S3 ``client_kwargs``).
+        poison: backdoor-poison part of the training data (see :class:`PoisonConfig`).
     """
 
     source: str = "digits"
@@ -115,6 +155,7 @@ class DataConfig(_Config):
     test_limit: int | None = Field(None, ge=1)
     verify_checksums: bool = True
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    poison: PoisonConfig | None = None
 
     @field_validator("source")
     @classmethod
@@ -128,7 +169,7 @@ class DataConfig(_Config):
         return self.model_dump(mode="json", exclude={"uri", "data_dir", "download", "verify_checksums", "storage_options"})
 
 
-class ShardingConfig(_Config):
+class ShardingConfig(ConfigModel):
     """How samples are split into ``num_shards`` shards of ``num_slices`` slices each."""
 
     num_shards: int = Field(5, ge=1, le=100_000)
@@ -136,7 +177,7 @@ class ShardingConfig(_Config):
     seed: int = 0
 
 
-class ModelConfig(_Config):
+class ModelConfig(ConfigModel):
     """Which network each shard trains.
 
     Args:
@@ -155,7 +196,7 @@ class ModelConfig(_Config):
         return _registered(MODELS, value)
 
 
-class TrainConfig(_Config):
+class TrainConfig(ConfigModel):
     """The training recipe of every shard (SPEC section 1.2).
 
     ``epochs`` is the budget *e* over the whole shard; slice *r* of *R* trains
@@ -185,7 +226,7 @@ class TrainConfig(_Config):
     threads: int = Field(1, ge=1, le=256)
 
 
-class ClusterConfig(_Config):
+class ClusterConfig(ConfigModel):
     """Where and how shard actors run. Not part of the fingerprint.
 
     Args:
@@ -206,7 +247,7 @@ class ClusterConfig(_Config):
     max_concurrent: int | None = Field(None, ge=1)
 
 
-class StoreConfig(_Config):
+class StoreConfig(ConfigModel):
     """An object store location: any fsspec URI (a local folder, ``file://``, ``s3://``,
     ``memory://``).
 
@@ -239,7 +280,7 @@ def slice_epochs(epochs: int, num_slices: int) -> list[int]:
     return [bound[r] - bound[r - 1] for r in range(1, num_slices + 1)]
 
 
-class RunSpec(_Config):
+class RunSpec(ConfigModel):
     """Everything that determines the trained shard models."""
 
     data: DataConfig = Field(default_factory=DataConfig)
@@ -270,18 +311,82 @@ class RunSpec(_Config):
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
-class JobConfig(_Config):
-    """The content of a config file: a :class:`RunSpec` plus a ``cluster`` section."""
+class RandomForget(ConfigModel):
+    """Forget a seeded uniform ``fraction`` of the training samples."""
+
+    kind: Literal["random"] = "random"
+    fraction: float = Field(0.1, gt=0, lt=1)
+
+
+class ClasswiseForget(ConfigModel):
+    """Forget every training sample of ``classes``; TA then excludes those classes."""
+
+    kind: Literal["classwise"] = "classwise"
+    classes: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+
+class NonIIDForget(ConfigModel):
+    """Forget a seeded ``fraction`` of the samples of a few ``classes`` (DEL: half of 2 and 5)."""
+
+    kind: Literal["noniid"] = "noniid"
+    classes: list[int] = Field(default_factory=lambda: [2, 5], min_length=1)
+    fraction: float = Field(0.5, gt=0, le=1)
+
+
+class BackdoorForget(ConfigModel):
+    """Forget the samples poisoned by ``data.poison`` (backdoor cleanse; reports ASR)."""
+
+    kind: Literal["backdoor"] = "backdoor"
+
+
+Scenario = Annotated[RandomForget | ClasswiseForget | NonIIDForget | BackdoorForget, Field(discriminator="kind")]
+
+
+class PruneConfig(ConfigModel):
+    """Prune first, then unlearn (SPEC 3.2): OMP every shard model to ``sparsity`` (conv
+    weights, global magnitude), then fine-tune the masked model ``epochs`` epochs at ``lr``
+    to recover. Methods keep the pruned weights at zero; the retrain reference trains the
+    same masked architecture from its initial weights."""
+
+    sparsity: float = Field(0.95, ge=0, lt=1)
+    epochs: int = Field(5, ge=0, le=10_000)
+    lr: float = Field(0.01, gt=0)
+
+
+class CompareConfig(ConfigModel):
+    """The ``compare`` section: which methods to compare against retraining, and on what.
+
+    Args:
+        scenario: the forget set (``random``, ``classwise``, ``noniid``, ``backdoor``).
+        seeds: one full comparison per seed (forget-set draw and method randomness).
+        methods: methods to compare with ``retrain`` (default: every registered one).
+        method_args: hyperparameters per method, e.g. ``{finetune: {epochs: 5}}``.
+        prune: prune first (OMP), then unlearn.
+        name: the report's folder under ``reports/`` on the store.
+    """
+
+    scenario: Scenario = Field(default_factory=RandomForget)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    methods: list[str] | None = None
+    method_args: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    prune: PruneConfig | None = None
+    name: str = Field("compare", pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class JobConfig(ConfigModel):
+    """The content of a config file: a :class:`RunSpec` plus ``cluster`` and (for
+    ``raysisa compare``) ``compare`` sections."""
 
     data: DataConfig = Field(default_factory=DataConfig)
     sharding: ShardingConfig = Field(default_factory=ShardingConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
 
     @property
     def spec(self) -> RunSpec:
-        return _validate(RunSpec, self.model_dump(mode="json", exclude={"cluster"}))
+        return _validate(RunSpec, self.model_dump(mode="json", exclude={"cluster", "compare"}))
 
 
 def _apply_override(data: dict[str, Any], override: str) -> None:

@@ -40,7 +40,8 @@ __all__ = [
     "load_optimizer_tensors",
 ]
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+# (model, x batch, y batch, *extra batches) -> scalar loss
+LossFn = Callable[..., torch.Tensor]
 
 
 def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -114,11 +115,13 @@ def train_epoch(
     loss_fn: LossFn = cross_entropy_loss,
     hooks: Sequence[TrainHook] = (),
     device: torch.device | str = "cpu",
+    extra: Sequence[torch.Tensor] = (),
 ) -> EpochStats:
     """One shuffled pass over (x, y) in mini-batches, one optimiser step per batch.
 
     Every sample is used once per epoch; see :func:`batch_bounds` for how a small
-    remainder is folded into the last batch.
+    remainder is folded into the last batch. ``extra`` tensors (e.g. per-sample weights)
+    are batched alongside (x, y) and passed to ``loss_fn`` after them.
     """
     model.train()
     torch.manual_seed(seed)  # dropout and any other use of the global RNG
@@ -131,8 +134,9 @@ def train_epoch(
         if augment:
             xb = random_crop_flip(xb, generator)
         xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        extra_b = [t[idx].to(device, non_blocking=True) for t in extra]
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model, xb, yb)
+        loss = loss_fn(model, xb, yb, *extra_b)
         loss.backward()
         for hook in hooks:
             if hasattr(hook, "after_backward"):

@@ -62,6 +62,10 @@ def load_source(config):  # noqa: ANN001, ANN201 - DataConfig -> SourceData (imp
         raise DataError(
             f"{config.source}: label {int(labels.max())} is out of range for {data.info.num_classes} classes"
         )
+    if config.poison is not None:
+        from raysisa.data.poison import poison_table
+
+        train = poison_table(train, config.poison, data.info.channels, data.info.num_classes)
     return SourceData(train=train, test=test, info=data.info)
 
 

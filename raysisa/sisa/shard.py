@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -222,6 +223,62 @@ class ShardWorker:
             "raysisa_version": __version__,
             **extra,
         }
+
+    def apply_method(
+        self,
+        store: StoreConfig,
+        method: dict[str, Any],
+        forget_ids: Any,
+        seed: int,
+        base: dict[str, torch.Tensor] | None = None,
+        prune_mask: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, Any]:
+        """Apply an approximate unlearning method to this shard's current model.
+
+        Args:
+            method: ``{"method": name, "args": {...}}`` (``UnlearnMethod.describe()``).
+            forget_ids: ids of this shard's samples to forget (the rest are retained).
+            seed: the method's seed.
+            base: start from these model weights instead of the latest checkpoint.
+            prune_mask: weights that must stay zero (prune-first).
+
+        Returns:
+            ``{"tensors": new state dict, "outcome": UnlearnOutcome dict}``. The stored
+            checkpoints are not touched.
+        """
+        from raysisa.unlearn import get_method
+        from raysisa.unlearn.base import Need
+        from raysisa.unlearn.engine import make_context, run_method
+
+        run = self._run(store)
+        self._configure_torch(run.spec)
+        ids, blobs = self._slices(run)
+        refs = shard_refs(run.store, self.shard, ids)
+        parts = [self._tensors(b, run) for b in blobs]
+        self._keep_decoded(blobs)
+        unlearner = get_method(method["method"], method.get("args"))
+        model = build_model(run.info, run.spec.model)
+        if base is None:
+            base = model_tensors(run.store.checkpoints.get(refs[-1]).tensors)
+        model.load_state_dict(base, strict=True)
+        init = model_tensors(run.store.checkpoints.get(refs[0]).tensors) if Need.INIT_WEIGHTS in unlearner.needs else None
+        ctx = make_context(
+            unlearner,
+            model,
+            run.info,
+            run.spec.model,
+            seed,
+            x=torch.cat([p[0] for p in parts]),
+            y=torch.cat([p[1] for p in parts]),
+            ids=np.concatenate(ids),
+            forget_ids=np.asarray(forget_ids, dtype=np.int64),
+            init_state=init,
+            prune_mask=prune_mask,
+            augment=run.spec.train.augment,
+            device=self.device,
+        )
+        outcome = run_method(unlearner, ctx)
+        return {"tensors": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "outcome": outcome.to_dict()}
 
     def predict(self, store: StoreConfig, x: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities of this shard's current model on ``x``."""

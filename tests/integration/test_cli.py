@@ -98,7 +98,33 @@ def test_ids_files(tmp_path):
         read_ids_file(str(tmp_path / "missing"))
 
 
-@pytest.mark.parametrize("command", ["demo", "train", "unlearn", "evaluate", "inspect"])
+def test_compare_command_in_ray_actors(tmp_path, capsys, ray_cluster):
+    config = tmp_path / "compare.yaml"
+    config.write_text(
+        "data: {limit: 300}\n"
+        "sharding: {num_shards: 2, num_slices: 2}\n"
+        "model: {width: 8}\n"
+        "train: {epochs: 6, batch_size: 32}\n"
+        "compare:\n"
+        "  name: cli\n"
+        "  scenario: {kind: noniid, classes: [2, 5], fraction: 0.5}\n"
+        "  method_args: {finetune: {epochs: 1}, del: {epochs: 1}}\n"
+    )
+    out = tmp_path / "out"
+    code, stdout, err = run(
+        capsys, "compare", "--config", str(config), "--store", str(tmp_path / "store"), "--methods", "finetune,del",
+        "--seeds", "0,1", "--out", str(out), "--json",
+    )
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert {r["method"] for r in report["results"]} == {"original", "retrain", "finetune", "del"}
+    assert set(report["forget_sets"]) == {"0", "1"}
+    assert sorted(p.name for p in out.iterdir()) == ["gaps.png", "report.json", "report.md"]
+    code, _, err = run(capsys, "compare", "--config", str(config), "--store", str(tmp_path / "s2"), "--methods", "sisa_magic")
+    assert code == 2 and "unknown unlearning method 'sisa_magic'" in err
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "unlearn", "evaluate", "inspect", "compare"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])

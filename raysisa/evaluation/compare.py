@@ -1,0 +1,284 @@
+"""``raysisa compare``: retraining and approximate methods on the same forget set.
+
+Layout under the comparison's store::
+
+    original/                    the SISA run every method starts from (S = R = 1: one model)
+    forget_sets/<...>.parquet    the forget set of every seed, by id
+    retrain/<forget-sha>/        the exact reference: the same recipe without the forget set
+    reports/<name>/              report.md, report.json, gaps.png
+
+For each seed: draw the forget set; train (or reuse, thanks to content-addressed
+checkpoints) the retrain reference; apply every method to the affected shard models
+(forget = U ∩ D_k, retain = D_k \\ U); score original, retrain and every method on the
+same sets; report each metric's gap to retrain. The stored original is never modified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from raysisa.config import CompareConfig, JobConfig, PruneConfig, StoreConfig
+from raysisa.errors import ConfigError
+from raysisa.evaluation.evaluator import Evaluator, load_states
+from raysisa.evaluation.metrics import GAP_METRICS, Metrics
+from raysisa.models import build_model
+from raysisa.evaluation.scenarios import draw_forget_set, excluded_test_classes, save_forget_set
+from raysisa.sisa.pool import ShardPool
+from raysisa.sisa.run import SisaRun
+from raysisa.sisa.shard import model_tensors, shard_refs
+from raysisa.store import ObjectStore
+from raysisa.unlearn import get_method, list_methods, omp_prune
+from raysisa.unlearn.masks import sparsity
+from raysisa.unlearn.sisa import approximate_unlearn
+
+__all__ = ["MethodResult", "CompareReport", "compare", "resolve_methods"]
+
+log = logging.getLogger(__name__)
+State = dict[str, torch.Tensor]
+REPORTED = ("UA", "FA", "RA", "TA", "MIA", "ASR", "avg_gap", "setup_seconds", "unlearn_seconds", "eval_seconds")
+
+
+@dataclass
+class MethodResult:
+    """One method (or ``original`` / ``retrain``) under one seed."""
+
+    method: str
+    seed: int
+    args: dict[str, Any]
+    metrics: dict[str, float | None]
+    gaps: dict[str, float]
+    avg_gap: float
+    setup_seconds: float = 0.0
+    unlearn_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    shards_updated: list[int] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, key: str) -> float | None:
+        if key in self.metrics:
+            return self.metrics[key]
+        return getattr(self, key)
+
+
+@dataclass
+class CompareReport:
+    name: str
+    store: str
+    job: dict[str, Any]
+    forget_sets: dict[int, dict[str, Any]]
+    results: list[MethodResult]
+    evaluation_sets: dict[str, int]
+
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(r.method for r in self.results))
+
+    def summary(self) -> dict[str, dict[str, dict[str, float | None]]]:
+        """Per method and quantity: mean and std over seeds (std 0 with one seed)."""
+        out: dict[str, dict[str, dict[str, float | None]]] = {}
+        for method in self.methods():
+            rows = [r for r in self.results if r.method == method]
+            stats = {}
+            for key in (*REPORTED, *(f"gap_{m}" for m in GAP_METRICS)):
+                values = [r.gaps[key[4:]] if key.startswith("gap_") else r.value(key) for r in rows]
+                values = [v for v in values if v is not None and not np.isnan(v)]
+                if values:
+                    std = statistics.stdev(values) if len(values) > 1 else 0.0
+                    stats[key] = {"mean": statistics.fmean(values), "std": std}
+            out[method] = stats
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "store": self.store,
+            "job": self.job,
+            "forget_sets": {str(k): v for k, v in self.forget_sets.items()},
+            "evaluation_sets": self.evaluation_sets,
+            "results": [asdict(r) for r in self.results],
+            "summary": self.summary(),
+        }
+
+
+def resolve_methods(config: CompareConfig, names: list[str] | None = None) -> list[str]:
+    """The approximate methods to compare (validated, with their args), ``retrain`` excluded."""
+    chosen = names if names is not None else (config.methods or [m for m in list_methods() if m != "retrain"])
+    chosen = [m for m in chosen if m != "retrain"]
+    for name in chosen:
+        get_method(name, config.method_args.get(name))  # unknown names / bad args fail here
+    unused = set(config.method_args) - set(chosen) - {"retrain"}
+    if unused - set(list_methods()):
+        raise ConfigError(f"compare.method_args names unknown method(s): {', '.join(sorted(unused - set(list_methods())))}")
+    return chosen
+
+
+def _sub(store: StoreConfig, name: str) -> StoreConfig:
+    return store.model_copy(update={"uri": f"{store.uri.rstrip('/')}/{name}"})
+
+
+def _result(name: str, seed: int, args: dict, metrics: Metrics, reference: Metrics | None, **extra: Any) -> MethodResult:
+    gaps = metrics.gaps(reference) if reference else {m: 0.0 for m in GAP_METRICS}
+    return MethodResult(name, seed, args, metrics.to_dict(), gaps, float(np.mean(list(gaps.values()))), **extra)
+
+
+def _shard_slices(run: SisaRun, ids: np.ndarray) -> dict[int, int]:
+    """Earliest affected slice per shard (the SISA rule's r*)."""
+    index = run.store.read_index()
+    rows = index.filter(pc.is_in(index["id"], value_set=pa.array(ids)))
+    shards, slices = rows["shard"].to_numpy(), rows["slice"].to_numpy()
+    return {int(k): int(slices[shards == k].min()) for k in np.unique(shards)}
+
+
+def _sisa_retrain_seconds(reference: SisaRun, first_slice: dict[int, int]) -> float:
+    """Training time of exactly the slices SISA retrains for this forget set."""
+    total = 0.0
+    for shard, first in first_slice.items():
+        for ref in shard_refs(reference.store, shard)[first:]:
+            total += reference.store.checkpoints.manifest(ref).get("train_seconds", 0.0)
+    return total
+
+
+def _prune_first(original: SisaRun, prune: PruneConfig, states: list[State], pool: ShardPool) -> tuple[list[State], list[State], float]:
+    """OMP every shard model, then fine-tune it with the mask on its own data to recover."""
+    started = time.perf_counter()
+    masks = []
+    recover = get_method("finetune", {"epochs": prune.epochs, "lr": prune.lr, "batch_size": original.store.spec.train.batch_size})
+    handles = []
+    for shard, state in enumerate(states):
+        model_state = {k: v.clone() for k, v in state.items()}
+        model = build_model(original.store.info, original.store.spec.model)
+        model.load_state_dict(model_state)
+        mask = omp_prune(model, prune.sparsity)
+        masks.append(mask)
+        handles.append(pool.submit(shard, "apply_method", original.config, recover.describe(), np.zeros(0, np.int64), 0, model.state_dict(), mask))
+    pruned = [pool.result(h)["tensors"] for h in handles]
+    return pruned, masks, time.perf_counter() - started
+
+
+def _masked_retrain(original: SisaRun, forget: np.ndarray, masks: list[State], pool: ShardPool, seed: int) -> tuple[dict[int, State], float]:
+    """The prune-first reference: the masked architecture trained from each affected shard's
+    initial weights on its retain data, with the run's own recipe (no slicing)."""
+    train = original.store.spec.train
+    recipe = get_method(
+        "finetune",
+        {
+            "epochs": train.epochs,
+            "lr": train.lr,
+            "momentum": train.momentum,
+            "weight_decay": train.weight_decay,
+            "batch_size": train.batch_size,
+            "schedule": train.lr_schedule,
+            "augment": train.augment,
+        },
+    )
+    started = time.perf_counter()
+    handles = {}
+    for shard, ids in _groups(original, forget).items():
+        init = model_tensors(original.store.checkpoints.get(shard_refs(original.store, shard)[0]).tensors)
+        handles[shard] = pool.submit(shard, "apply_method", original.config, recipe.describe(), ids, seed, init, masks[shard])
+    states = {shard: pool.result(h)["tensors"] for shard, h in handles.items()}
+    return states, time.perf_counter() - started
+
+
+def _conv_sparsity(run: SisaRun, states: list[State]) -> float:
+    """The lowest conv-weight sparsity among the shard models (prune-first reports it)."""
+    model = build_model(run.store.info, run.store.spec.model)
+    values = []
+    for state in states:
+        model.load_state_dict(state)
+        values.append(sparsity(model))
+    return min(values)
+
+
+def _groups(run: SisaRun, ids: np.ndarray) -> dict[int, np.ndarray]:
+    from raysisa.unlearn.sisa import shard_groups
+
+    return shard_groups(run, ids)
+
+
+def compare(
+    job: JobConfig,
+    store: StoreConfig,
+    pool: ShardPool,
+    methods: list[str] | None = None,
+    seeds: list[int] | None = None,
+    progress: bool = False,
+) -> CompareReport:
+    """Run a comparison (see the module docstring) and write its report to the store."""
+    config = job.compare
+    spec = job.spec
+    chosen = resolve_methods(config, methods)
+    seeds = seeds if seeds is not None else list(config.seeds)
+    root = ObjectStore(store)
+    original = SisaRun.create(spec, _sub(store, "original"))
+    original.train(pool, progress)
+    original_states = load_states(original)
+    base_states, masks, prune_seconds = original_states, None, 0.0
+    if config.prune is not None:
+        base_states, masks, prune_seconds = _prune_first(original, config.prune, original_states, pool)
+
+    results: list[MethodResult] = []
+    forget_sets: dict[int, dict[str, Any]] = {}
+    sizes: dict[str, int] = {}
+    for seed in seeds:
+        forget = draw_forget_set(config.scenario, original, seed)
+        key = save_forget_set(root, config.scenario, seed, forget, spec.data)
+        forget_sets[seed] = {"key": key, "count": int(len(forget))}
+        evaluator = Evaluator(original, forget, excluded_test_classes(config.scenario))
+        sizes = evaluator.sizes()
+        first_slice = _shard_slices(original, forget)
+
+        started = time.perf_counter()
+        if masks is None:
+            digest = hashlib.sha256(forget.tobytes()).hexdigest()[:16]
+            reference = SisaRun.create(spec, _sub(store, f"retrain/{digest}"), exclude_ids=forget)
+            reference.train(pool, progress)
+            retrain_states, retrain_compute = load_states(reference), _sisa_retrain_seconds(reference, first_slice)
+        else:
+            updated, retrain_compute = _masked_retrain(original, forget, masks, pool, seed)
+            retrain_states = [updated.get(k, s) for k, s in enumerate(base_states)]
+        retrain_wall = time.perf_counter() - started
+        retrain_metrics = evaluator.metrics(retrain_states)
+        sparse = (lambda states: {"conv_sparsity": _conv_sparsity(original, states)}) if masks else (lambda states: {})
+        results.append(_result("original", seed, {"prune": config.prune.to_dict() if config.prune else None},
+                               evaluator.metrics(base_states), retrain_metrics, setup_seconds=prune_seconds,
+                               notes=sparse(base_states)))
+        results.append(_result("retrain", seed, spec.train.to_dict(), retrain_metrics, retrain_metrics,
+                               unlearn_seconds=retrain_compute, wall_seconds=retrain_wall, shards_updated=sorted(first_slice),
+                               notes=sparse(retrain_states)))
+        for name in chosen:
+            method = get_method(name, config.method_args.get(name))
+            started = time.perf_counter()
+            updates = approximate_unlearn(original, forget, method, pool, seed, dict(enumerate(base_states)), dict(enumerate(masks)) if masks else None)
+            wall = time.perf_counter() - started
+            states = [updates[k].tensors if k in updates else s for k, s in enumerate(base_states)]
+            eval_started = time.perf_counter()
+            metrics = evaluator.metrics(states)
+            outcomes = [u.outcome for u in updates.values()]
+            results.append(
+                _result(
+                    name, seed, method.args.to_dict(), metrics, retrain_metrics,
+                    setup_seconds=sum(o["setup_seconds"] for o in outcomes),
+                    unlearn_seconds=sum(o["unlearn_seconds"] for o in outcomes),
+                    eval_seconds=time.perf_counter() - eval_started,
+                    wall_seconds=wall,
+                    shards_updated=sorted(updates),
+                    notes={**{str(k): u.outcome["notes"] for k, u in updates.items() if u.outcome["notes"]}, **sparse(states)},
+                )
+            )
+            log.info("compare seed %d: %s avg gap %.2f", seed, name, results[-1].avg_gap)
+    report = CompareReport(config.name, store.uri, job.to_dict(), forget_sets, results, sizes)
+    from raysisa.evaluation.report import write_report
+
+    write_report(report, root)
+    return report
