@@ -37,7 +37,7 @@ from raysisa.errors import (
     StoreNotFoundError,
 )
 from raysisa.models import list_models, register_model
-from raysisa.unlearn import get_method, list_methods, register_method
+from raysisa.methods import get_method, list_methods, register_method
 from raysisa.sisa import (
     EvalReport,
     LocalPool,

@@ -4,7 +4,7 @@ Example:
     >>> import raysisa
     >>> job = raysisa.load_config(None, ["sharding.num_shards=3"])   # doctest: +SKIP
     >>> raysisa.train(job, "/tmp/run")                                 # doctest: +SKIP
-    >>> raysisa.unlearn("/tmp/run", [17, 42])                          # doctest: +SKIP
+    >>> raysisa.methods("/tmp/run", [17, 42])                          # doctest: +SKIP
     >>> raysisa.evaluate("/tmp/run").accuracy                          # doctest: +SKIP
 """
 

@@ -63,11 +63,20 @@ def _emit(args: argparse.Namespace, payload: dict[str, Any], lines: list[str]) -
         print("\n".join(lines))
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` plus the shortcut flags, as ``key=value`` overrides."""
+    shortcuts = {"data_dir": "data.data_dir", "bits": "model.quant.w_bits", "a_bits": "model.quant.a_bits", "scheme": "model.quant.scheme"}
+    out = list(args.set) + [f"{key}={getattr(args, flag)}" for flag, key in shortcuts.items() if getattr(args, flag, None) is not None]
+    if getattr(args, "bits", None) == 32 and getattr(args, "a_bits", None) is None:
+        out.append("model.quant.a_bits=32")  # --bits 32 alone means full precision
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     store = _store(args)
     exclude = read_ids_file(args.exclude_ids_file) if args.exclude_ids_file else None
-    resume = args.config is None and not args.set and not args.data_dir and RunStore(store).exists()
-    overrides = list(args.set) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
+    overrides = _overrides(args)
+    resume = args.config is None and not overrides and RunStore(store).exists()
     job = None if resume else load_config(args.config, overrides)
     cluster = _cluster(args, job.cluster if job else None)
     report = api.train(job, store, exclude_ids=exclude, cluster=cluster, progress=not args.quiet, verify=args.verify)
@@ -128,7 +137,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    job = load_config(args.config, args.set)
+    job = load_config(args.config, _overrides(args))
     methods = _split_ids(args.methods) if args.methods else None
     seeds = [int(s) for s in _split_ids(args.seeds)] if args.seeds else None
     report = api.compare(job, _store(args), methods=methods, seeds=seeds, cluster=_cluster(args, job.cluster), progress=not args.quiet)
@@ -149,6 +158,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     result = run_demo(store=args.store, endpoint_url=args.endpoint_url, address=args.address, progress=not args.quiet)
     _emit(args, result, result.pop("_lines"))
+
+
+def _quant_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bits", type=int, help="quantization-aware training: weight bits 2, 4, 8 (32 alone = full precision)")
+    p.add_argument("--a-bits", type=int, help="activation bits of quantized layers (default 8; 32 = full precision)")
+    p.add_argument("--scheme", help="quantization scheme (default lsq)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.epochs=10")
     p.add_argument("--data-dir", help="local copy of a torchvision data set (same as --set data.data_dir=DIR)")
+    _quant_flags(p)
     p.add_argument("--exclude-ids-file", help="train the same partition without these ids (the exact-unlearning reference)")
     p.add_argument("--verify", action="store_true", help="check every checkpoint's sha256 first; rebuild corrupt ones")
     p.set_defaults(func=cmd_train)
@@ -197,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated methods (default: the config's, else all)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
     p.add_argument("--out", help="also copy report.md, report.json and gaps.png into this local folder")
+    _quant_flags(p)
     p.set_defaults(func=cmd_compare)
 
     p = command("inspect", "config, shards, slices, checkpoints and model hashes of a run")

@@ -28,6 +28,7 @@ __all__ = [
     "DataConfig",
     "ShardingConfig",
     "ModelConfig",
+    "QuantConfig",
     "TrainConfig",
     "ClusterConfig",
     "StoreConfig",
@@ -177,16 +178,48 @@ class ShardingConfig(ConfigModel):
     seed: int = 0
 
 
+class QuantConfig(ConfigModel):
+    """Quantization-aware training of every shard model (SPEC 4.2).
+
+    Args:
+        scheme: a registered quantization scheme (``lsq``, ...).
+        w_bits: weight bit width: 2, 4, 8, or 32 (full precision).
+        a_bits: bit width of the inputs of quantized convolutions: 2, 4, 8 or 32.
+    """
+
+    scheme: str = "lsq"
+    w_bits: int = 4
+    a_bits: int = 8
+
+    @field_validator("scheme")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        from raysisa.quant.schemes import SCHEMES
+
+        return _registered(SCHEMES, value)
+
+    @field_validator("w_bits", "a_bits")
+    @classmethod
+    def _supported_bits(cls, value: int) -> int:
+        from raysisa.quant.schemes import SUPPORTED_BITS
+
+        if value not in SUPPORTED_BITS:
+            raise ValueError(f"unsupported bit width {value}; supported: {', '.join(map(str, SUPPORTED_BITS))} (32 = full precision)")
+        return value
+
+
 class ModelConfig(ConfigModel):
     """Which network each shard trains.
 
     Args:
         name: a registered model (``small_cnn``, ``resnet18``, ``mobilenet_v2``).
         width: base channel width of ``small_cnn`` (ignored by the torchvision models).
+        quant: train with quantization (QAT) at these bit widths (``None``: full precision).
     """
 
     name: str = "small_cnn"
     width: int = Field(32, ge=1, le=4096)
+    quant: QuantConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -353,6 +386,13 @@ class PruneConfig(ConfigModel):
     lr: float = Field(0.01, gt=0)
 
 
+class MethodVariant(ConfigModel):
+    """A named method configuration in a comparison (e.g. an ablation of Q-MUL)."""
+
+    method: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
 class CompareConfig(ConfigModel):
     """The ``compare`` section: which methods to compare against retraining, and on what.
 
@@ -361,6 +401,8 @@ class CompareConfig(ConfigModel):
         seeds: one full comparison per seed (forget-set draw and method randomness).
         methods: methods to compare with ``retrain`` (default: every registered one).
         method_args: hyperparameters per method, e.g. ``{finetune: {epochs: 5}}``.
+        variants: extra named entries, each a method with its own arguments, e.g.
+            ``{rl_sl: {method: qmul, args: {agr: false}}}``; list them in ``methods``.
         prune: prune first (OMP), then unlearn.
         name: the report's folder under ``reports/`` on the store.
     """
@@ -369,6 +411,7 @@ class CompareConfig(ConfigModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     methods: list[str] | None = None
     method_args: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    variants: dict[str, MethodVariant] = Field(default_factory=dict)
     prune: PruneConfig | None = None
     name: str = Field("compare", pattern=r"^[A-Za-z0-9_.-]+$")
 

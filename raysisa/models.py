@@ -4,6 +4,7 @@ A builder takes the :class:`DatasetInfo` (channels, classes) and the :class:`Mod
 The torchvision models get the CIFAR-style stem used throughout the unlearning literature:
 a 3x3 stride-1 first convolution and no max-pool, so 32x32 (and 8x8) inputs keep their
 spatial detail. Weights are initialised from torch's global RNG: seed it before building.
+With ``model.quant`` set, eligible convolutions become quantization-aware (:mod:`raysisa.quant`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ def build_model(info: DatasetInfo, config: ModelConfig) -> nn.Module:
     """Build the model named by ``config.name`` for data described by ``info``."""
     if config.name not in MODELS:
         raise ValueError(MODELS.unknown(config.name))
-    return MODELS.get(config.name)(info, config)
+    model = MODELS.get(config.name)(info, config)
+    quant = config.quant
+    if quant is not None and (quant.w_bits < 32 or quant.a_bits < 32):
+        from raysisa.quant import SCHEMES, quantize_model
+
+        scheme = SCHEMES.get(quant.scheme)
+        model = quantize_model(model, config.name, quant.w_bits, quant.a_bits, scheme.weight, scheme.activation)
+    return model
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:

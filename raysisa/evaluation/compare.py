@@ -37,15 +37,15 @@ from raysisa.sisa.pool import ShardPool
 from raysisa.sisa.run import SisaRun
 from raysisa.sisa.shard import model_tensors, shard_refs
 from raysisa.store import ObjectStore
-from raysisa.unlearn import get_method, list_methods, omp_prune
-from raysisa.unlearn.masks import sparsity
-from raysisa.unlearn.sisa import approximate_unlearn
+from raysisa.methods import UnlearnMethod, get_method, list_methods, omp_prune
+from raysisa.methods.masks import sparsity
+from raysisa.methods.sisa import approximate_unlearn
 
 __all__ = ["MethodResult", "CompareReport", "compare", "resolve_methods"]
 
 log = logging.getLogger(__name__)
 State = dict[str, torch.Tensor]
-REPORTED = ("UA", "FA", "RA", "TA", "MIA", "ASR", "avg_gap", "setup_seconds", "unlearn_seconds", "eval_seconds")
+REPORTED = ("UA", "FA", "RA", "TA", "MIA", "ASR", "avg_gap", "rte_seconds", "setup_seconds", "unlearn_seconds", "eval_seconds")
 
 
 @dataclass
@@ -64,6 +64,11 @@ class MethodResult:
     wall_seconds: float = 0.0
     shards_updated: list[int] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rte_seconds(self) -> float:
+        """Run-time of the unlearning: setup (localisation, relabelling, a Newton step) + loop."""
+        return self.setup_seconds + self.unlearn_seconds
 
     def value(self, key: str) -> float | None:
         if key in self.metrics:
@@ -105,20 +110,35 @@ class CompareReport:
             "job": self.job,
             "forget_sets": {str(k): v for k, v in self.forget_sets.items()},
             "evaluation_sets": self.evaluation_sets,
-            "results": [asdict(r) for r in self.results],
+            "results": [{**asdict(r), "rte_seconds": r.rte_seconds} for r in self.results],
             "summary": self.summary(),
         }
 
 
-def resolve_methods(config: CompareConfig, names: list[str] | None = None) -> list[str]:
-    """The approximate methods to compare (validated, with their args), ``retrain`` excluded."""
-    chosen = names if names is not None else (config.methods or [m for m in list_methods() if m != "retrain"])
-    chosen = [m for m in chosen if m != "retrain"]
-    for name in chosen:
-        get_method(name, config.method_args.get(name))  # unknown names / bad args fail here
-    unused = set(config.method_args) - set(chosen) - {"retrain"}
-    if unused - set(list_methods()):
-        raise ConfigError(f"compare.method_args names unknown method(s): {', '.join(sorted(unused - set(list_methods())))}")
+def resolve_methods(config: CompareConfig, names: list[str] | None = None) -> dict[str, UnlearnMethod]:
+    """The approximate methods to compare, by report label (``retrain`` excluded).
+
+    A label is a registered method (hyperparameters from ``compare.method_args``) or a
+    ``compare.variants`` entry (a method with its own arguments, e.g. an ablation).
+
+    Raises:
+        ConfigError: an unknown name or invalid hyperparameters.
+    """
+    labels = names if names is not None else (config.methods or [m for m in list_methods() if m != "retrain"])
+    chosen = {}
+    for label in labels:
+        if label == "retrain":
+            continue
+        if label in config.variants:
+            variant = config.variants[label]
+            chosen[label] = get_method(variant.method, variant.args)
+        else:
+            chosen[label] = get_method(label, config.method_args.get(label))  # unknown names fail here
+    unknown = set(config.method_args) - set(list_methods())
+    if unknown:
+        raise ConfigError(f"compare.method_args names unknown method(s): {', '.join(sorted(unknown))}")
+    for label, variant in config.variants.items():
+        get_method(variant.method, variant.args)
     return chosen
 
 
@@ -201,7 +221,7 @@ def _conv_sparsity(run: SisaRun, states: list[State]) -> float:
 
 
 def _groups(run: SisaRun, ids: np.ndarray) -> dict[int, np.ndarray]:
-    from raysisa.unlearn.sisa import shard_groups
+    from raysisa.methods.sisa import shard_groups
 
     return shard_groups(run, ids)
 
@@ -251,13 +271,12 @@ def compare(
         retrain_metrics = evaluator.metrics(retrain_states)
         sparse = (lambda states: {"conv_sparsity": _conv_sparsity(original, states)}) if masks else (lambda states: {})
         results.append(_result("original", seed, {"prune": config.prune.to_dict() if config.prune else None},
-                               evaluator.metrics(base_states), retrain_metrics, setup_seconds=prune_seconds,
-                               notes=sparse(base_states)))
+                               evaluator.metrics(base_states), retrain_metrics,
+                               notes={**sparse(base_states), **({"prune_seconds": prune_seconds} if masks else {})}))
         results.append(_result("retrain", seed, spec.train.to_dict(), retrain_metrics, retrain_metrics,
                                unlearn_seconds=retrain_compute, wall_seconds=retrain_wall, shards_updated=sorted(first_slice),
                                notes=sparse(retrain_states)))
-        for name in chosen:
-            method = get_method(name, config.method_args.get(name))
+        for name, method in chosen.items():
             started = time.perf_counter()
             updates = approximate_unlearn(original, forget, method, pool, seed, dict(enumerate(base_states)), dict(enumerate(masks)) if masks else None)
             wall = time.perf_counter() - started

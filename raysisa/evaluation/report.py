@@ -22,8 +22,8 @@ COLUMNS = [
     ("MIA", "MIA-Eff."),
     ("ASR", "ASR"),
     ("avg_gap", "Avg Gap"),
-    ("unlearn_seconds", "RTE s"),
-    ("setup_seconds", "setup s"),
+    ("rte_seconds", "RTE s"),
+    ("setup_seconds", "of which setup s"),
     ("eval_seconds", "eval s"),
 ]
 
@@ -93,7 +93,8 @@ def write_report(report: CompareReport, store: ObjectStore) -> dict[str, str]:
         f"Evaluation sets: {report.evaluation_sets}. Forget sets: "
         + ", ".join(f"seed {s}: `{v['key']}` ({v['count']} ids)" for s, v in report.forget_sets.items())
         + ".",
-        "All values in %, except seconds; Avg Gap = mean |Δ| to retrain over UA, RA, TA, MIA-Efficacy.",
+        "All values in %, except seconds; Avg Gap = mean |Δ| to retrain over UA, RA, TA, MIA-Efficacy. "
+        "RTE = run time of the unlearning (setup included; for retrain: the SISA retraining); eval = scoring.",
         "",
     ]
     text = "\n".join(header) + markdown_table(report) + "\n"

@@ -246,9 +246,9 @@ class ShardWorker:
             ``{"tensors": new state dict, "outcome": UnlearnOutcome dict}``. The stored
             checkpoints are not touched.
         """
-        from raysisa.unlearn import get_method
-        from raysisa.unlearn.base import Need
-        from raysisa.unlearn.engine import make_context, run_method
+        from raysisa.methods import get_method
+        from raysisa.methods.base import Need
+        from raysisa.methods.engine import make_context, run_method
 
         run = self._run(store)
         self._configure_torch(run.spec)

@@ -7,10 +7,10 @@ import torch
 from raysisa.config import ModelConfig
 from raysisa.data.samples import DatasetInfo
 from raysisa.models import build_model
-from raysisa.unlearn import get_method, run_method
-from raysisa.unlearn.engine import make_context
-from raysisa.unlearn.l1_sparse import l1_gamma
-from raysisa.unlearn.masks import MaskHook, classifier_names, conv_weight_names, localize, mask_size, omp_prune, sparsity
+from raysisa.methods import get_method, run_method
+from raysisa.methods.engine import make_context
+from raysisa.methods.l1_sparse import l1_gamma
+from raysisa.methods.masks import MaskHook, classifier_names, conv_weight_names, localize, mask_size, omp_prune, sparsity
 
 INFO = DatasetInfo("rgb", 5, 3, 8, 8, (0.0,) * 3, (1.0,) * 3)
 
@@ -47,7 +47,7 @@ def test_omp_prunes_exactly_the_fraction_of_conv_weights_globally(model_name, fr
     assert all(torch.equal(p, dict(model.named_parameters())[n]) for n, p in others.items())
 
 
-@pytest.mark.parametrize("name", ["finetune", "l1_sparse", "random_label", "neggrad_plus", "del", "grad_ascent", "influence"])
+@pytest.mark.parametrize("name", ["finetune", "l1_sparse", "random_label", "neggrad_plus", "del", "grad_ascent", "influence", "qmul"])
 def test_pruned_weights_stay_zero_through_unlearning(name):
     model = _model()
     mask = omp_prune(model, 0.8)

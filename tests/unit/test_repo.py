@@ -30,3 +30,13 @@ def test_shipped_configs_are_valid():
 def test_top_level_layout():
     for name in ("pyproject.toml", "raysisa", "cluster", "tune_configs", "tests", "k8s", "bench", "README.md", "BENCHMARKS.md", ".ci/run"):
         assert (ROOT / name).exists(), name
+
+
+def test_public_api_names_are_not_shadowed_by_subpackages():
+    import inspect as pyinspect
+
+    import raysisa
+
+    for name in ("train", "unlearn", "evaluate", "inspect", "compare"):
+        assert pyinspect.isfunction(getattr(raysisa, name)), name
+    assert all(hasattr(raysisa, name) for name in raysisa.__all__)

@@ -13,10 +13,10 @@ from raysisa.errors import ConfigError, InvalidIdsError
 from raysisa.evaluation import Evaluator, load_states
 from raysisa.models import build_model
 from raysisa.store import RunStore
-from raysisa.unlearn import get_method, list_methods, register_method, run_method
-from raysisa.unlearn.base import Need, Split, UnlearnContext, UnlearnMethod
-from raysisa.unlearn.engine import make_context
-from raysisa.unlearn.sisa import approximate_unlearn
+from raysisa.methods import get_method, list_methods, register_method, run_method
+from raysisa.methods.base import Need, Split, UnlearnContext, UnlearnMethod
+from raysisa.methods.engine import make_context
+from raysisa.methods.sisa import approximate_unlearn
 
 # Hyperparameters that make each method act within a few steps on 500 digits. A newly
 # registered method without an entry here fails the suite (it must be given settings).
@@ -28,6 +28,7 @@ SETTINGS = {
     "l1_sparse": {"epochs": 5, "lr": 0.1, "batch_size": 32, "gamma": 5e-3},
     "del": {"epochs": 3, "lr": 0.05, "batch_size": 32},
     "influence": {"alpha": 60.0, "samples": 64},
+    "qmul": {"epochs": 6, "lr": 0.1, "batch_size": 16},
 }
 APPROXIMATE = [m for m in list_methods() if not get_method(m).retrains]
 
@@ -58,7 +59,7 @@ def single(tmp_path_factory):
 
 
 def test_registry_lists_every_method_and_rejects_bad_names():
-    assert list_methods() == ["del", "finetune", "grad_ascent", "influence", "l1_sparse", "neggrad_plus", "random_label", "retrain"]
+    assert list_methods() == ["del", "finetune", "grad_ascent", "influence", "l1_sparse", "neggrad_plus", "qmul", "random_label", "retrain"]
     with pytest.raises(ConfigError, match="unknown unlearning method 'salun'; valid unlearning methods: del, finetune"):
         get_method("salun")
     with pytest.raises(ValueError, match="already registered"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from raysisa.unlearn.base import Need, Phase, UnlearnContext, cross_entropy, register_method
-from raysisa.unlearn.localized import LocalizedArgs, LocalizedMethod
+from raysisa.methods.base import Need, Phase, UnlearnContext, cross_entropy, register_method
+from raysisa.methods.localized import LocalizedArgs, LocalizedMethod
 
 
 class FinetuneArgs(LocalizedArgs):

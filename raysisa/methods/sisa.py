@@ -22,7 +22,7 @@ from raysisa.errors import InvalidIdsError
 from raysisa.sisa.pool import ShardPool
 from raysisa.sisa.run import SisaRun
 from raysisa.training import derive_seed
-from raysisa.unlearn.base import UnlearnMethod
+from raysisa.methods.base import UnlearnMethod
 
 __all__ = ["ShardUpdate", "approximate_unlearn", "shard_groups"]
 

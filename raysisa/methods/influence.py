@@ -20,7 +20,7 @@ from pydantic import Field
 from torch import nn
 
 from raysisa.training import derive_seed
-from raysisa.unlearn.base import Need, OptimArgs, Split, UnlearnContext, UnlearnMethod, register_method
+from raysisa.methods.base import Need, OptimArgs, Split, UnlearnContext, UnlearnMethod, register_method
 
 
 class InfluenceArgs(OptimArgs):

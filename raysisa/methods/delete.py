@@ -1,7 +1,7 @@
 """DEL — Deletion by Example Localization (Torkzadehmahani et al., TMLR 2025; SPEC 5).
 
 1. Localise: channel-aggregated |θ ⊙ ∇(−CE)| on the forget set, global top ⌊α·N⌋ entries
-   (:func:`raysisa.unlearn.masks.localize`).
+   (:func:`raysisa.methods.masks.localize`).
 2. Reset the selected entries to a fresh initialisation (``reset_source: fresh``, the
    code's choice), the shard's original initial weights (``original_init``) or zero.
    BatchNorm running statistics are buffers and are not reset.
@@ -19,9 +19,9 @@ from pydantic import Field
 
 from raysisa.models import build_model
 from raysisa.training import TrainHook, derive_seed
-from raysisa.unlearn.base import Need, OptimArgs, Phase, UnlearnContext, UnlearnMethod, cross_entropy, register_method
-from raysisa.unlearn.localized import train_mask
-from raysisa.unlearn.masks import MaskHook, classifier_names
+from raysisa.methods.base import Need, OptimArgs, Phase, UnlearnContext, UnlearnMethod, cross_entropy, register_method
+from raysisa.methods.localized import train_mask
+from raysisa.methods.masks import MaskHook, classifier_names
 
 
 class DelArgs(OptimArgs):

@@ -1,7 +1,7 @@
 """The unlearning-method protocol and registry.
 
 A method is a small class with a typed ``Args`` config (a pydantic model, so Ray Tune can
-sample it) and up to four hooks into the one loop of :mod:`raysisa.unlearn.engine`:
+sample it) and up to four hooks into the one loop of :mod:`raysisa.methods.engine`:
 
 - ``needs``: which data and state it reads (:class:`Need`); the engine hands it nothing else;
 - ``prepare(ctx)``: one-off work before the loop (relabelling, localisation, a Newton step);

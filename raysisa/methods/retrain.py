@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from raysisa.unlearn.base import Need, OptimArgs, UnlearnMethod, register_method
+from raysisa.methods.base import Need, OptimArgs, UnlearnMethod, register_method
 
 
 class RetrainArgs(OptimArgs):

@@ -3,17 +3,18 @@
 Every method module is imported here explicitly, which registers it.
 """
 
-from raysisa.unlearn import (  # noqa: F401 - imported to register
+from raysisa.methods import (  # noqa: F401 - imported to register
     delete,
     finetune,
     grad_ascent,
     influence,
     l1_sparse,
     neggrad_plus,
+    qmul,
     random_label,
     retrain,
 )
-from raysisa.unlearn.base import (
+from raysisa.methods.base import (
     METHODS,
     Need,
     OptimArgs,
@@ -25,8 +26,8 @@ from raysisa.unlearn.base import (
     list_methods,
     register_method,
 )
-from raysisa.unlearn.engine import UnlearnOutcome, run_method
-from raysisa.unlearn.masks import MaskHook, localize, omp_prune
+from raysisa.methods.engine import UnlearnOutcome, run_method
+from raysisa.methods.masks import MaskHook, localize, omp_prune
 
 __all__ = [
     "METHODS",

@@ -14,8 +14,8 @@ import torch
 from pydantic import Field
 
 from raysisa.training import derive_seed
-from raysisa.unlearn.base import Need, Phase, UnlearnContext, cross_entropy, register_method
-from raysisa.unlearn.localized import LocalizedArgs, LocalizedMethod
+from raysisa.methods.base import Need, Phase, UnlearnContext, cross_entropy, register_method
+from raysisa.methods.localized import LocalizedArgs, LocalizedMethod
 
 
 class RandomLabelArgs(LocalizedArgs):

@@ -10,7 +10,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from raysisa.unlearn.base import Need, OptimArgs, Phase, UnlearnContext, UnlearnMethod, register_method
+from raysisa.methods.base import Need, OptimArgs, Phase, UnlearnContext, UnlearnMethod, register_method
 
 
 class L1SparseArgs(OptimArgs):

@@ -8,8 +8,8 @@ from pydantic import Field
 from torch import nn
 
 from raysisa.training import derive_seed
-from raysisa.unlearn.base import Need, Phase, Split, UnlearnContext, register_method
-from raysisa.unlearn.localized import LocalizedArgs, LocalizedMethod
+from raysisa.methods.base import Need, Phase, Split, UnlearnContext, register_method
+from raysisa.methods.localized import LocalizedArgs, LocalizedMethod
 
 
 class NegGradPlusArgs(LocalizedArgs):

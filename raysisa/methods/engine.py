@@ -20,8 +20,8 @@ from raysisa.errors import ConfigError
 from raysisa.training import derive_seed, train_epoch
 from raysisa.config import ModelConfig
 from raysisa.data.samples import DatasetInfo
-from raysisa.unlearn.base import Need, Split, UnlearnContext, UnlearnMethod
-from raysisa.unlearn.masks import MaskHook
+from raysisa.methods.base import Need, Split, UnlearnContext, UnlearnMethod
+from raysisa.methods.masks import MaskHook
 
 __all__ = ["UnlearnOutcome", "run_method", "cosine_lr", "make_context"]
 

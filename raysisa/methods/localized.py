@@ -1,7 +1,7 @@
 """DEL's localisation as an option of other methods (localized FT / RL / NegGrad+).
 
 With ``localize: alpha`` set, the method first localises the critical parameters for the
-forget set (:func:`raysisa.unlearn.masks.localize`) and then updates only those (plus the
+forget set (:func:`raysisa.methods.masks.localize`) and then updates only those (plus the
 classifier, if ``exempt_classifier``); every other parameter stays exactly as it was.
 """
 
@@ -11,8 +11,8 @@ import torch
 from pydantic import Field
 
 from raysisa.training import TrainHook
-from raysisa.unlearn.base import Need, OptimArgs, UnlearnContext, UnlearnMethod
-from raysisa.unlearn.masks import MaskHook, classifier_names, localize, mask_size
+from raysisa.methods.base import Need, OptimArgs, UnlearnContext, UnlearnMethod
+from raysisa.methods.masks import MaskHook, classifier_names, localize, mask_size
 
 __all__ = ["LocalizedArgs", "LocalizedMethod", "train_mask"]
 

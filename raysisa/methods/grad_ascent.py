@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from raysisa.unlearn.base import Need, OptimArgs, Phase, UnlearnContext, UnlearnMethod, cross_entropy, negated, register_method
+from raysisa.methods.base import Need, OptimArgs, Phase, UnlearnContext, UnlearnMethod, cross_entropy, negated, register_method
 
 
 class GradAscentArgs(OptimArgs):

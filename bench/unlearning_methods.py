@@ -1,0 +1,129 @@
+"""Every unlearning method against retraining on real CIFAR-10 (the shared JPEG copy).
+
+Two scenarios, random 10% and class-wise (class 0), three seeds each, one small CNN
+(S = R = 1: the single-model setting of the papers' tables) trained on a CIFAR-10 subset
+that fits a 2-core CPU. Every method runs with the papers' default hyperparameters (see
+``raysisa/methods/*``); the table gives UA, RA, TA, MIA-Efficacy, Avg Gap and RTE, mean ±
+std over the seeds, beside SPEC's anchor numbers for ResNet-18.
+
+    .venv/bin/python bench/unlearning_methods.py                  # about 25 minutes on 2 cores
+    .venv/bin/python bench/unlearning_methods.py --limit 2000 --seeds 0 --no-write   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.report import write_section  # noqa: E402
+from raysisa import LocalPool, StoreConfig, parse_config  # noqa: E402
+from raysisa.evaluation import compare  # noqa: E402
+from raysisa.evaluation.report import markdown_table  # noqa: E402
+
+CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
+
+# SPEC 3.6 [recall]: CIFAR-10, ResNet-18, dense (Unlearn-Sparse / SalUn tables). UA, RA, TA, MIA.
+ANCHORS = {
+    "classwise": {
+        "retrain": (100, 100, 94.8, 100),
+        "finetune": (22.5, 99.9, 94.3, 75),
+        "grad_ascent": (93, 92.6, 86.6, 94),
+        "influence": (88, 98, 91.4, 96),
+        "l1_sparse": (100, 98, 94, 100),
+    },
+    "random": {
+        "retrain": (5.24, 100, 94.26, 12.88),
+        "l1_sparse": (4.19, 97.74, 91.59, 9.84),
+    },
+}
+
+
+def recipe(limit: int, test_limit: int, epochs: int, scenario: list[str], seeds: list[int], name: str) -> list[str]:
+    return [
+        "data.source=parquet",
+        f"data.uri={CIFAR}",
+        f"data.limit={limit}",
+        f"data.test_limit={test_limit}",
+        "sharding.num_shards=1",
+        "sharding.num_slices=1",
+        "model.width=16",
+        f"train.epochs={epochs}",
+        "train.batch_size=64",
+        "train.lr=0.05",
+        "train.lr_schedule=cosine",
+        "train.threads=2",
+        *scenario,
+        f"compare.seeds={json.dumps(seeds)}",
+        f"compare.name={name}",
+    ]
+
+
+def anchor_table(kind: str) -> str:
+    rows = ["| method (ResNet-18, SPEC 3.6) | UA | RA | TA | MIA-Eff. |", "|---|---|---|---|---|"]
+    rows += [f"| {m} | " + " | ".join(str(v) for v in vals) + " |" for m, vals in ANCHORS[kind].items()]
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--limit", type=int, default=5000, help="CIFAR-10 training images")
+    parser.add_argument("--test-limit", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--store", help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if not CIFAR.exists():
+        sys.exit(f"{CIFAR} not found")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    scenarios = {
+        "random": ["compare.scenario.kind=random", "compare.scenario.fraction=0.1"],
+        "classwise": ["compare.scenario.kind=classwise", "compare.scenario.classes=[0]"],
+    }
+    import torch
+
+    sections, results = [], {}
+    with tempfile.TemporaryDirectory(prefix="raysisa-methods-") as tmp:
+        store = StoreConfig(uri=args.store or tmp)
+        for kind, overrides in scenarios.items():
+            job = parse_config({}, recipe(args.limit, args.test_limit, args.epochs, overrides, seeds, f"bench-{kind}"))
+            started = time.perf_counter()
+            report = compare(job, store, LocalPool(), progress=True)
+            results[kind] = report.to_dict()
+            print(f"{kind}: {time.perf_counter() - started:.0f}s\n{markdown_table(report)}", flush=True)
+            sizes = report.evaluation_sets
+            sections.append(
+                f"### {kind} forgetting ({'10% of the training set' if kind == 'random' else 'class 0'})\n\n"
+                f"Evaluation sets: {sizes['forget']} forget, {sizes['retain']} retain, {sizes['test']} test images.\n\n"
+                + markdown_table(report)
+                + "\n\nSPEC anchors for comparison:\n\n"
+                + anchor_table(kind)
+            )
+    meta = (
+        f"Run {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({platform.machine()}, CPU only, torch {torch.__version__}); "
+        f"`python bench/unlearning_methods.py {' '.join(sys.argv[1:])}`. CIFAR-10 subset: {args.limit} training / "
+        f"{args.test_limit} test images of the shared JPEG copy; model `small_cnn` (width 16, about 25k parameters), "
+        f"{args.epochs} epochs, SGD lr 0.05 cosine, batch 64, no augmentation; one model (S = R = 1); seeds {seeds}. "
+        "Methods use their papers' default hyperparameters. RTE = seconds of the unlearning itself (for retrain, "
+        "training from scratch); setup (localisation, relabelling, the IU Newton step) and evaluation are separate columns."
+    )
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "unlearning_methods.json").write_text(json.dumps(results, indent=1, default=float))
+    body = meta + "\n\n" + "\n\n".join(sections)
+    print(body)
+    if not args.no_write:
+        write_section(ROOT / "BENCHMARKS.md", "unlearning_methods", body)
+
+
+if __name__ == "__main__":
+    main()

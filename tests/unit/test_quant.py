@@ -1,0 +1,181 @@
+"""Quantization: quantizer units with known answers, export, quantized SISA, Q-MUL parts."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raysisa import LocalPool, StoreConfig, parse_config, train, unlearn
+from raysisa.config import ModelConfig, QuantConfig
+from raysisa.data.samples import DatasetInfo
+from raysisa.errors import ConfigError
+from raysisa.models import build_model
+from raysisa.quant import list_schemes, quantized_layers
+from raysisa.quant.export import export_integers, model_from_integers
+from raysisa.quant.lsq import LsqQuantizer, qrange
+from raysisa.methods.qmul import agr_weights, mean_gradient_norm, similar_labels
+from tests.sisa_checks import model_shas, pick
+
+INFO = DatasetInfo("rgb", 10, 3, 16, 16, (0.0,) * 3, (1.0,) * 3)
+SCHEMES = list_schemes()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_weights_land_on_the_2_to_the_b_grid(scheme, bits):
+    torch.manual_seed(0)
+    model = build_model(INFO, ModelConfig(quant=QuantConfig(scheme=scheme, w_bits=bits, a_bits=8))).train()
+    model(torch.randn(4, 3, 16, 16))  # first training forward initialises the quantizers
+    for name, layer in quantized_layers(model).items():
+        w = layer.quantized_weight().detach()
+        assert w.unique().numel() <= 2**bits, name
+        codes = w / layer.weight_quant.step.detach()
+        q_n, q_p = qrange(bits)
+        assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.min() >= q_n - 1e-4 and codes.max() <= q_p + 1e-4
+
+
+def test_lsq_step_initialisation_rule():
+    q = LsqQuantizer(4).train()
+    x = torch.randn(1000)
+    q(x)
+    assert bool(q.initialized)
+    assert q.step.item() == pytest.approx(2 * x.abs().mean().item() / math.sqrt(7), rel=1e-6)
+    before = q.step.item()
+    q(x * 100)  # never re-initialised
+    assert q.step.item() == before
+
+
+def test_lsq_eval_mode_does_not_initialise():
+    q = LsqQuantizer(4).eval()
+    q(torch.randn(10))
+    assert not bool(q.initialized) and q.step.item() == 1.0
+
+
+def test_straight_through_gradient_inside_the_range_and_step_gradient_scale():
+    q = LsqQuantizer(4).train()
+    q.initialize(torch.ones(1) * 3.5)  # step = 2 * 3.5 / sqrt(7)
+    s = q.step.item()
+    x = torch.tensor([0.3 * s, -2.2 * s, 6.6 * s, 9.0 * s, -9.0 * s], requires_grad=True)
+    q(x).sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]  # clamped beyond Q_p = 7 and Q_n = -8
+    # LSQ step gradient: sum of (round(v) - v) inside the range, Q_p / Q_n outside, times 1/sqrt(N Q_p)
+    v = (x.detach() / s).clamp(-8, 7)
+    inside = (x.detach() / s >= -8) & (x.detach() / s <= 7)
+    expected = torch.where(inside, v.round() - v, v).sum() / math.sqrt(5 * 7)
+    assert q.step.grad.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["small_cnn", "resnet18", "mobilenet_v2"])
+def test_quantizer_state_survives_a_checkpoint_round_trip(model_name):
+    config = ModelConfig(name=model_name, width=8, quant=QuantConfig(w_bits=4, a_bits=8))
+    torch.manual_seed(0)
+    model = build_model(INFO, config).train()
+    x = torch.randn(4, 3, 16, 16)
+    model(x)
+    from safetensors.torch import load, save
+
+    state = load(save({k: v.contiguous() for k, v in model.state_dict().items()}))
+    clone = build_model(INFO, config)
+    clone.load_state_dict(state)
+    steps = {k: v for k, v in state.items() if k.endswith(".step") or k.endswith(".initialized")}
+    assert steps and all(torch.equal(clone.state_dict()[k], v) for k, v in steps.items())
+    assert torch.equal(model.eval()(x), clone.eval()(x))
+
+
+def test_fully_quantized_layer_count():
+    assert len(quantized_layers(build_model(INFO, ModelConfig(name="resnet18", quant=QuantConfig())))) == 16  # 20 - stem - 3 shortcuts
+    assert len(quantized_layers(build_model(INFO, ModelConfig(name="mobilenet_v2", quant=QuantConfig())))) == 50  # 52 - stem - head
+    assert quantized_layers(build_model(INFO, ModelConfig(quant=QuantConfig(w_bits=32, a_bits=32)))) == {}
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("model_name", ["small_cnn", "resnet18", "mobilenet_v2"])
+def test_integer_export_equals_the_fake_quant_forward(scheme, model_name):
+    config = ModelConfig(name=model_name, width=8, quant=QuantConfig(scheme=scheme, w_bits=4, a_bits=8))
+    torch.manual_seed(1)
+    model = build_model(INFO, config).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    export = export_integers(model)
+    assert export.codes and all(c.dtype == torch.int8 for c in export.codes.values())
+    assert all(c.unique().numel() <= 16 for c in export.codes.values())
+    integer_model = model_from_integers(export, INFO, config)
+    model.eval()
+    assert torch.equal(integer_model(x), model(x))
+    assert torch.equal(integer_model(x).argmax(1), model(x).argmax(1))
+
+
+@pytest.mark.parametrize(("field", "value", "needle"), [("w_bits", 3, "unsupported bit width 3"), ("a_bits", 16, "unsupported bit width 16"), ("scheme", "int1", "unknown quantization scheme 'int1'")])
+def test_bad_quantization_config(field, value, needle):
+    with pytest.raises(ConfigError, match=needle):
+        QuantConfig(**{field: value})
+    with pytest.raises(ConfigError, match=needle):
+        parse_config({"model": {"quant": {field: value}}})
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_exact_sisa_unlearning_at_4_bits(tmp_path, tiny_job, scheme):
+    quant = tiny_job.model_copy(update={"model": tiny_job.model.model_copy(update={"quant": QuantConfig(scheme=scheme, w_bits=4, a_bits=8)})})
+    store = StoreConfig(uri=str(tmp_path / "q4"))
+    train(quant, store, pool=LocalPool())
+    ids = pick(store, [(0, 2, 1), (2, 1, 0)])
+    unlearn(store, ids, pool=LocalPool())
+    reference = StoreConfig(uri=str(tmp_path / "reference"))
+    train(quant, reference, exclude_ids=ids, pool=LocalPool())
+    assert model_shas(store) == model_shas(reference)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(-8, 8), min_size=2, max_size=12), st.integers(0, 11))
+def test_similar_labels_never_return_the_true_label(logits, label):
+    label = label % len(logits)
+    probs = torch.softmax(torch.tensor([logits], dtype=torch.float64), dim=1)
+    chosen = int(similar_labels(probs, torch.tensor([label]))[0])
+    assert chosen != label
+    if probs[0, label] >= 0.5:
+        others = probs[0].clone()
+        others[label] = -1
+        assert probs[0, chosen] == others.max()  # the runner-up class
+
+
+def test_similar_labels_takes_the_closest_probability():
+    probs = torch.tensor([[0.3, 0.28, 0.02, 0.4], [0.1, 0.6, 0.25, 0.05]])
+    assert similar_labels(probs, torch.tensor([0, 1])).tolist() == [1, 2]
+
+
+def test_agr_weights_hand_computed():
+    w_f, w_r = agr_weights(3.0, 1.0)
+    assert (w_f, w_r) == (0.25, 0.75) and w_f + w_r == 1.0
+    assert w_f * 3.0 == w_r * 1.0  # balanced contributions
+    assert agr_weights(0.0, 0.0) == (0.5, 0.5)
+
+
+def test_gradient_norm_measurement_runs_in_eval_mode_without_touching_bn():
+    torch.manual_seed(0)
+    model = build_model(INFO, ModelConfig(width=8)).train()
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(20, 3, 16, 16), torch.randint(0, 10, (20,))
+    tensor_sum = mean_gradient_norm(model, x, y, batch_size=10)
+    global_l2 = mean_gradient_norm(model, x, y, batch_size=10, norm="global_l2")
+    assert tensor_sum >= global_l2 > 0  # a sum of per-tensor norms bounds the global norm
+    assert model.training and all(torch.equal(buffers[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_quantized_model_trains_in_the_shared_loop():
+    from raysisa.config import TrainConfig
+    from raysisa.training import build_optimizer, train_epoch
+
+    torch.manual_seed(0)
+    model = build_model(INFO, ModelConfig(width=8, quant=QuantConfig(w_bits=2, a_bits=4)))
+    x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))
+    opt = build_optimizer(model, TrainConfig(lr=0.05))
+    losses = [train_epoch(model, opt, x, y, batch_size=16, seed=e).mean_loss for e in range(12)]
+    assert losses[-1] < losses[0] and np.isfinite(losses).all()
