@@ -36,10 +36,9 @@ def build_model(info: DatasetInfo, config: ModelConfig) -> nn.Module:
     model = MODELS.get(config.name)(info, config)
     quant = config.quant
     if quant is not None and (quant.w_bits < 32 or quant.a_bits < 32):
-        from raysisa.quant import SCHEMES, quantize_model
+        from raysisa.quant.schemes import get_scheme
 
-        scheme = SCHEMES.get(quant.scheme)
-        model = quantize_model(model, config.name, quant.w_bits, quant.a_bits, scheme.weight, scheme.activation)
+        model = get_scheme(quant.scheme).convert(model, config.name, info, quant.w_bits, quant.a_bits)
     return model
 
 

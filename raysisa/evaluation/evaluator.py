@@ -21,8 +21,7 @@ from raysisa.data.samples import decode_images
 from raysisa.data.tensors import to_tensors
 from raysisa.evaluation.metrics import Metrics, accuracy, mia_efficacy
 from raysisa.models import build_model
-from raysisa.quant import quantized_layers
-from raysisa.quant.export import export_integers, model_from_integers
+from raysisa.quant import export_integers, is_quantized, model_from_integers
 from raysisa.sisa.run import SisaRun
 from raysisa.sisa.shard import model_tensors, shard_refs
 from raysisa.store import tensors_sha256
@@ -91,9 +90,9 @@ class Evaluator:
         if key not in self._cache:
             model = build_model(self.info, self.model_config)
             model.load_state_dict(state, strict=True)
-            if quantized_layers(model):
+            if is_quantized(self.model_config):
                 # score the deployed integer grid, never latent float weights (SPEC 4.7)
-                model = model_from_integers(export_integers(model), self.info, self.model_config)
+                model = model_from_integers(export_integers(model, self.model_config), self.info, self.model_config)
             self._cache[key] = {name: predict_proba(model, x).numpy() for name, (x, _) in self.sets.items()}
             if len(self._cache) > 64:
                 self._cache.pop(next(iter(self._cache)))

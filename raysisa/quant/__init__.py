@@ -1,15 +1,17 @@
-"""Quantization-aware training: schemes (LSQ, ...), quantized layers, integer export."""
+"""Quantization-aware training: schemes (LSQ, Brevitas), quantized layers, integer export."""
 
-from raysisa.quant.modules import QuantConv2d, quantize_model, quantized_layers
-from raysisa.quant.schemes import SCHEMES, SUPPORTED_BITS, Scheme, list_schemes, register_scheme
+from raysisa.quant.export import IntegerExport, export_integers, is_quantized, model_from_integers
+from raysisa.quant.schemes import SCHEMES, SUPPORTED_BITS, Scheme, get_scheme, list_schemes, register_scheme
 
 __all__ = [
     "SCHEMES",
     "SUPPORTED_BITS",
-    "QuantConv2d",
+    "IntegerExport",
     "Scheme",
+    "export_integers",
+    "get_scheme",
+    "is_quantized",
     "list_schemes",
-    "quantize_model",
-    "quantized_layers",
+    "model_from_integers",
     "register_scheme",
 ]

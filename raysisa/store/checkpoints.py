@@ -32,7 +32,7 @@ __all__ = ["CheckpointRef", "Checkpoint", "CheckpointStore", "tensors_sha256", "
 
 FORMAT_VERSION = 1
 PREFIX = "checkpoints"
-_KEY_RE = re.compile(r"^checkpoints/shard=(\d+)/slice=(\d+)/([0-9a-f]{64})\.json$")
+_KEY_RE = re.compile(r"^([a-z_]+)/shard=(\d+)/slice=(\d+)/([0-9a-f]{64})\.json$")
 
 
 @dataclass(frozen=True, order=True)
@@ -42,10 +42,11 @@ class CheckpointRef:
     shard: int
     slice: int
     key: str
+    prefix: str = PREFIX  # "checkpoints" for SISA slices; "approx" for approximate overlays
 
     @property
     def base(self) -> str:
-        return f"{PREFIX}/shard={self.shard}/slice={self.slice}/{self.key}"
+        return f"{self.prefix}/shard={self.shard}/slice={self.slice}/{self.key}"
 
     @property
     def blob(self) -> str:
@@ -81,10 +82,11 @@ def _canonical(obj: dict[str, Any]) -> bytes:
 
 
 class CheckpointStore:
-    """Reads, writes, lists and deletes slice checkpoints on an :class:`ObjectStore`."""
+    """Reads, writes, lists and deletes checkpoints under one prefix of an :class:`ObjectStore`."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, prefix: str = PREFIX) -> None:
         self.store = store
+        self.prefix = prefix
 
     def put(self, ref: CheckpointRef, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> dict[str, Any]:
         """Write a checkpoint (blob first, then its manifest) and return the manifest."""
@@ -157,17 +159,17 @@ class CheckpointStore:
 
     def list(self, shard: int | None = None) -> list[CheckpointRef]:
         """All checkpoints with a manifest, sorted by (shard, slice, key)."""
-        prefix = PREFIX if shard is None else f"{PREFIX}/shard={shard}"
+        prefix = self.prefix if shard is None else f"{self.prefix}/shard={shard}"
         refs = []
         for key in self.store.list(prefix):
             match = _KEY_RE.match(key)
-            if match:
-                refs.append(CheckpointRef(int(match[1]), int(match[2]), match[3]))
+            if match and match[1] == self.prefix:
+                refs.append(CheckpointRef(int(match[2]), int(match[3]), match[4], self.prefix))
         return sorted(refs)
 
     def orphans(self, shard: int | None = None) -> list[str]:
         """Object keys under ``checkpoints/`` that belong to no complete checkpoint."""
-        prefix = PREFIX if shard is None else f"{PREFIX}/shard={shard}"
+        prefix = self.prefix if shard is None else f"{self.prefix}/shard={shard}"
         manifests = {ref.base for ref in self.list(shard)}
         keys = self.store.list(prefix) + self.store.list_temporary(prefix)
         return [k for k in keys if k.split(".", 1)[0] not in manifests or ".tmp-" in k]

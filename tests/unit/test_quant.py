@@ -13,8 +13,7 @@ from raysisa.config import ModelConfig, QuantConfig
 from raysisa.data.samples import DatasetInfo
 from raysisa.errors import ConfigError
 from raysisa.models import build_model
-from raysisa.quant import list_schemes, quantized_layers
-from raysisa.quant.export import export_integers, model_from_integers
+from raysisa.quant import export_integers, get_scheme, list_schemes, model_from_integers
 from raysisa.quant.lsq import LsqQuantizer, qrange
 from raysisa.methods.qmul import agr_weights, mean_gradient_norm, similar_labels
 from tests.sisa_checks import model_shas, pick
@@ -27,14 +26,24 @@ SCHEMES = list_schemes()
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_weights_land_on_the_2_to_the_b_grid(scheme, bits):
     torch.manual_seed(0)
-    model = build_model(INFO, ModelConfig(quant=QuantConfig(scheme=scheme, w_bits=bits, a_bits=8))).train()
-    model(torch.randn(4, 3, 16, 16))  # first training forward initialises the quantizers
-    for name, layer in quantized_layers(model).items():
-        w = layer.quantized_weight().detach()
-        assert w.unique().numel() <= 2**bits, name
-        codes = w / layer.weight_quant.step.detach()
-        q_n, q_p = qrange(bits)
-        assert torch.allclose(codes, codes.round(), atol=1e-4) and codes.min() >= q_n - 1e-4 and codes.max() <= q_p + 1e-4
+    config = ModelConfig(quant=QuantConfig(scheme=scheme, w_bits=bits, a_bits=8))
+    model = build_model(INFO, config).train()
+    model(torch.randn(4, 3, 16, 16))  # first training forward initialises LSQ's step sizes
+    export = export_integers(model, config)
+    q_n, q_p = qrange(bits)
+    assert len(export.codes) == 3  # small_cnn: every conv but the first
+    for name, codes in export.codes.items():
+        assert codes.unique().numel() <= 2**bits, name  # at most 2^b values per quantization group
+        assert codes.min() >= q_n and codes.max() <= q_p, name
+        assert export.bits[name] == bits
+
+
+def test_lsq_weight_grid_directly():
+    q = LsqQuantizer(3 if False else 4).train()
+    w = torch.randn(200)
+    out = q(w)
+    assert out.unique().numel() <= 16
+    assert torch.equal(out.detach(), q.integers(w).float() * q.step.detach())
 
 
 def test_lsq_step_initialisation_rule():
@@ -68,9 +77,10 @@ def test_straight_through_gradient_inside_the_range_and_step_gradient_scale():
     assert q.step.grad.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("model_name", ["small_cnn", "resnet18", "mobilenet_v2"])
-def test_quantizer_state_survives_a_checkpoint_round_trip(model_name):
-    config = ModelConfig(name=model_name, width=8, quant=QuantConfig(w_bits=4, a_bits=8))
+def test_quantizer_state_survives_a_checkpoint_round_trip(model_name, scheme):
+    config = ModelConfig(name=model_name, width=8, quant=QuantConfig(scheme=scheme, w_bits=4, a_bits=8))
     torch.manual_seed(0)
     model = build_model(INFO, config).train()
     x = torch.randn(4, 3, 16, 16)
@@ -80,15 +90,18 @@ def test_quantizer_state_survives_a_checkpoint_round_trip(model_name):
     state = load(save({k: v.contiguous() for k, v in model.state_dict().items()}))
     clone = build_model(INFO, config)
     clone.load_state_dict(state)
-    steps = {k: v for k, v in state.items() if k.endswith(".step") or k.endswith(".initialized")}
+    steps = {k: v for k, v in state.items() if k.endswith((".step", ".initialized", "scaling_impl.value"))}
     assert steps and all(torch.equal(clone.state_dict()[k], v) for k, v in steps.items())
     assert torch.equal(model.eval()(x), clone.eval()(x))
 
 
-def test_fully_quantized_layer_count():
-    assert len(quantized_layers(build_model(INFO, ModelConfig(name="resnet18", quant=QuantConfig())))) == 16  # 20 - stem - 3 shortcuts
-    assert len(quantized_layers(build_model(INFO, ModelConfig(name="mobilenet_v2", quant=QuantConfig())))) == 50  # 52 - stem - head
-    assert quantized_layers(build_model(INFO, ModelConfig(quant=QuantConfig(w_bits=32, a_bits=32)))) == {}
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_first_conv_shortcuts_head_and_classifier_stay_full_precision(scheme):
+    layers = get_scheme(scheme).layers
+    assert len(layers(build_model(INFO, ModelConfig(name="resnet18", quant=QuantConfig(scheme=scheme))))) == 16  # 20 - stem - 3 shortcuts
+    mobile = layers(build_model(INFO, ModelConfig(name="mobilenet_v2", quant=QuantConfig(scheme=scheme))))
+    assert len(mobile) == 50 and "features.18.0" not in mobile and "features.0.0" not in mobile  # 52 - stem - head
+    assert layers(build_model(INFO, ModelConfig(quant=QuantConfig(scheme=scheme, w_bits=32, a_bits=32)))) == {}
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -103,7 +116,7 @@ def test_integer_export_equals_the_fake_quant_forward(scheme, model_name):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    export = export_integers(model)
+    export = export_integers(model, config)
     assert export.codes and all(c.dtype == torch.int8 for c in export.codes.values())
     assert all(c.unique().numel() <= 16 for c in export.codes.values())
     integer_model = model_from_integers(export, INFO, config)
