@@ -10,6 +10,7 @@ from raysisa.methods import (  # noqa: F401 - imported to register
     influence,
     l1_sparse,
     neggrad_plus,
+    ohs,
     qmul,
     random_label,
     retrain,

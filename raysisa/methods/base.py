@@ -169,6 +169,10 @@ class UnlearnMethod:
     def hooks(self, ctx: UnlearnContext) -> list[TrainHook]:
         return []
 
+    def converged(self, epoch: int, losses: list[float]) -> bool:
+        """Stop the loop early? ``losses`` are the mean training losses of epochs 0..epoch."""
+        return False
+
 
 METHODS: Registry[type[UnlearnMethod]] = Registry("unlearning method")
 

@@ -35,6 +35,7 @@ class UnlearnOutcome:
     seed: int
     setup_seconds: float = 0.0
     unlearn_seconds: float = 0.0
+    epochs: int = 0
     steps: int = 0
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -74,10 +75,12 @@ def run_method(method: UnlearnMethod, ctx: UnlearnContext) -> UnlearnOutcome:
         hooks = [*method.hooks(ctx), *([prune] if prune else [])]
         optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
         augment = ctx.augment if args.augment is None else args.augment
+        losses: list[float] = []
         for epoch in range(args.epochs):
             lr = args.lr if args.schedule == "constant" else cosine_lr(args.lr, args.eta_min_ratio * args.lr, epoch, args.epochs)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            seen, total = 0, 0.0
             for index, phase in enumerate(method.phases(ctx, epoch)):
                 stats = train_epoch(
                     model,
@@ -93,6 +96,11 @@ def run_method(method: UnlearnMethod, ctx: UnlearnContext) -> UnlearnOutcome:
                     extra=phase.extra,
                 )
                 outcome.steps += stats.batches
+                seen, total = seen + stats.samples, total + stats.loss_sum
+            losses.append(total / max(seen, 1))
+            outcome.epochs = epoch + 1
+            if method.converged(epoch, losses):
+                break
     model.eval()
     outcome.unlearn_seconds = time.perf_counter() - started
     outcome.notes = dict(ctx.notes)

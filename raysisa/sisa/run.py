@@ -346,6 +346,32 @@ class SisaRun:
             )
         return wanted, wanted[live_mask], wanted[~live_mask & tombstoned]
 
+    def commit_deletion(self, ids: np.ndarray, reason: str = "unlearn") -> dict[int, int]:
+        """Delete the data of live ``ids``: rewrite their partitions, then the index, then
+        add tombstones. Returns the earliest affected slice per shard. Idempotent.
+
+        Checkpoints are not touched: :meth:`purge_stale` and training follow.
+        """
+        index = self.store.read_index()
+        rows = index.filter(pc.is_in(index["id"], value_set=pa.array(np.asarray(ids, dtype=np.int64))))
+        shards, slices = rows["shard"].to_numpy(), rows["slice"].to_numpy()
+        for shard, slice_ in sorted(set(zip(shards.tolist(), slices.tolist(), strict=True))):
+            self.store.write_partition(shard, slice_, drop_ids(self.store.read_partition(shard, slice_), ids))
+        if rows.num_rows:
+            self.store.write_index(drop_ids(index, ids))
+            self.store.add_tombstones(rows["id"].to_numpy(), shards, slices, reason)
+        return {int(k): int(slices[shards == k].min()) for k in np.unique(shards)}
+
+    def retrain_shards(self, pool: ShardPool, shards: Iterable[int] | None = None, progress: bool = False) -> list[SliceReport]:
+        """Purge stale checkpoints, then train the pending slices of ``shards`` (default: all)."""
+        expected = self.expected_refs()
+        self.purge_stale(expected)
+        work = self.pending_work(expected)
+        if shards is not None:
+            chosen = set(shards)
+            work = {k: v for k, v in work.items() if k in chosen}
+        return self._run_work(pool, work, progress, "retraining")
+
     def unlearn(self, ids: Iterable[Any], pool: ShardPool, progress: bool = False) -> UnlearnReport:
         """Exactly unlearn ``ids`` (see the module docstring).
 
@@ -354,18 +380,10 @@ class SisaRun:
         """
         started = time.perf_counter()
         wanted, deleting, already = self.check_ids(ids)
-        index = self.store.read_index()
-        rows = index.filter(pc.is_in(index["id"], value_set=pa.array(deleting)))
-        shards, slices = rows["shard"].to_numpy(), rows["slice"].to_numpy()
-        for shard, slice_ in sorted(set(zip(shards.tolist(), slices.tolist(), strict=True))):
-            self.store.write_partition(shard, slice_, drop_ids(self.store.read_partition(shard, slice_), deleting))
-        if len(deleting):
-            self.store.write_index(drop_ids(index, deleting))
-            self.store.add_tombstones(rows["id"].to_numpy(), shards, slices, "unlearn")
+        first = self.commit_deletion(deleting)
         expected = self.expected_refs()
         purged = self.purge_stale(expected)
         reports = self._run_work(pool, self.pending_work(expected), progress, "retraining")
-        first = {int(k): int(slices[shards == k].min()) for k in np.unique(shards)}
         if len(deleting):
             message = f"deleted {len(deleting)} sample(s) from {len(first)} shard(s)"
             if len(already):
@@ -390,6 +408,31 @@ class SisaRun:
         )
 
     # -- evaluation ------------------------------------------------------------------------
+    def served_refs(self, expected: dict[int, list[CheckpointRef]] | None = None) -> dict[int, CheckpointRef]:
+        """The model each shard serves: its latest exact checkpoint, or, while a shard is
+        approximate (its exact checkpoints await retraining), its approximate overlay.
+
+        Raises:
+            StaleStateError: a shard has neither.
+        """
+        expected = expected if expected is not None else self.expected_refs()
+        stale = self.pending_work(expected)
+        overlays = {ref.shard: ref for ref in self.store.overlays.list()}
+        served, missing = {}, []
+        for shard, refs in expected.items():
+            if shard not in stale:
+                served[shard] = refs[-1]
+            elif shard in overlays:
+                served[shard] = overlays[shard]
+            else:
+                missing.append(shard)
+        if missing:
+            raise StaleStateError(
+                f"shard(s) {', '.join(map(str, missing))} are not trained on their current data; "
+                f"finish with `raysisa train --store {self.store.uri}`"
+            )
+        return served
+
     def shard_probs(self, x: torch.Tensor | None = None, pool: ShardPool | None = None) -> np.ndarray:
         """(S, N, C) softmax outputs of every shard's current model on ``x`` (default: the
         test split).
@@ -398,22 +441,16 @@ class SisaRun:
         split is read there from the store); otherwise the models are loaded into this
         process one after another.
         """
-        expected = self.expected_refs()
-        stale = self.pending_work(expected)
-        if stale:
-            raise StaleStateError(
-                f"shard(s) {', '.join(map(str, sorted(stale)))} are not trained on their current data; "
-                f"finish with `raysisa train --store {self.store.uri}`"
-            )
+        served = self.served_refs()
         if pool is not None:
             if x is None:
-                handles = [pool.submit(shard, "predict_test", self.config) for shard in expected]
+                handles = [pool.submit(shard, "predict_test", self.config, ref) for shard, ref in served.items()]
             else:
-                handles = [pool.submit(shard, "predict", self.config, x) for shard in expected]
+                handles = [pool.submit(shard, "predict", self.config, x, ref) for shard, ref in served.items()]
             return np.stack([pool.result(h).numpy() for h in handles])
         if x is None:
             x, _ = to_tensors(self.store.read_test(), self.store.info)
-        return np.stack([predict_proba(load_model(self.store, refs[-1]), x).numpy() for refs in expected.values()])
+        return np.stack([predict_proba(load_model(self.store, ref), x).numpy() for ref in served.values()])
 
     def evaluate(self, aggregation: str = "vote", weights: list[float] | None = None, pool: ShardPool | None = None) -> EvalReport:
         """Ensemble and per-shard accuracy on the test split.

@@ -76,8 +76,8 @@ def model_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_model(run: RunStore, ref: CheckpointRef, device: str = "cpu") -> nn.Module:
-    """Build the run's model and load a verified checkpoint into it."""
-    checkpoint = run.checkpoints.get(ref)
+    """Build the run's model and load a verified checkpoint (or approximate overlay) into it."""
+    checkpoint = (run.overlays if ref.prefix == run.overlays.prefix else run.checkpoints).get(ref)
     model = build_model(run.info, run.spec.model)
     model.load_state_dict(model_tensors(checkpoint.tensors), strict=True)
     return model.to(device)
@@ -230,8 +230,9 @@ class ShardWorker:
         method: dict[str, Any],
         forget_ids: Any,
         seed: int,
-        base: dict[str, torch.Tensor] | None = None,
+        base: dict[str, torch.Tensor] | CheckpointRef | None = None,
         prune_mask: dict[str, torch.Tensor] | None = None,
+        retain_slices: list[int] | None = None,
     ) -> dict[str, Any]:
         """Apply an approximate unlearning method to this shard's current model.
 
@@ -239,8 +240,10 @@ class ShardWorker:
             method: ``{"method": name, "args": {...}}`` (``UnlearnMethod.describe()``).
             forget_ids: ids of this shard's samples to forget (the rest are retained).
             seed: the method's seed.
-            base: start from these model weights instead of the latest checkpoint.
+            base: start from these model weights, or this checkpoint/overlay, instead of
+                the latest checkpoint.
             prune_mask: weights that must stay zero (prune-first).
+            retain_slices: use only these slices' samples (1-based) as data (OHS).
 
         Returns:
             ``{"tensors": new state dict, "outcome": UnlearnOutcome dict}``. The stored
@@ -256,10 +259,15 @@ class ShardWorker:
         refs = shard_refs(run.store, self.shard, ids)
         parts = [self._tensors(b, run) for b in blobs]
         self._keep_decoded(blobs)
+        if retain_slices is not None:
+            keep = [r - 1 for r in sorted(set(retain_slices))]
+            ids, parts = [ids[i] for i in keep], [parts[i] for i in keep]
         unlearner = get_method(method["method"], method.get("args"))
         model = build_model(run.info, run.spec.model)
         if base is None:
-            base = model_tensors(run.store.checkpoints.get(refs[-1]).tensors)
+            base = refs[-1]
+        if isinstance(base, CheckpointRef):
+            base = load_model(run.store, base).state_dict()
         model.load_state_dict(base, strict=True)
         init = model_tensors(run.store.checkpoints.get(refs[0]).tensors) if Need.INIT_WEIGHTS in unlearner.needs else None
         ctx = make_context(
@@ -280,18 +288,18 @@ class ShardWorker:
         outcome = run_method(unlearner, ctx)
         return {"tensors": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "outcome": outcome.to_dict()}
 
-    def predict(self, store: StoreConfig, x: torch.Tensor) -> torch.Tensor:
-        """Softmax probabilities of this shard's current model on ``x``."""
+    def predict(self, store: StoreConfig, x: torch.Tensor, ref: CheckpointRef | None = None) -> torch.Tensor:
+        """Softmax probabilities on ``x`` of checkpoint ``ref`` (default: the latest)."""
         run = self._run(store)
-        refs = shard_refs(run.store, self.shard)
-        model = load_model(run.store, refs[-1], self.device)
+        ref = ref if ref is not None else shard_refs(run.store, self.shard)[-1]
+        model = load_model(run.store, ref, self.device)
         return predict_proba(model, x, device=self.device)
 
-    def predict_test(self, store: StoreConfig) -> torch.Tensor:
-        """Softmax probabilities of this shard's current model on the run's test split."""
+    def predict_test(self, store: StoreConfig, ref: CheckpointRef | None = None) -> torch.Tensor:
+        """Softmax probabilities of checkpoint ``ref`` (default: the latest) on the test split."""
         run = self._run(store)
         blob = run.store.objects.get_bytes(TEST_KEY)
         digest = hashlib.sha256(blob).hexdigest()
         if digest not in self._test:
             self._test = {digest: to_tensors(parquet_table(blob, "test split"), run.info)[0]}
-        return self.predict(store, self._test[digest])
+        return self.predict(store, self._test[digest], ref)

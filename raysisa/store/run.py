@@ -6,6 +6,7 @@
     index/assignment.parquet                      id -> (shard, slice) of every live sample
     index/tombstones.parquet                      ids deleted (or excluded), never their contents
     checkpoints/...                               see :mod:`raysisa.store.checkpoints`
+    approx/shard=<k>/slice=<R>/<key>.*            a shard's approximately unlearned model (coordinator)
 
 A partition file is rewritten in place (atomically) when one of its samples is deleted, so
 deleting a sample rewrites exactly one data object and leaves no copy of its bytes behind.
@@ -66,6 +67,8 @@ class RunStore:
     def __init__(self, config: StoreConfig | ObjectStore) -> None:
         self.objects = config if isinstance(config, ObjectStore) else ObjectStore(config)
         self.checkpoints = CheckpointStore(self.objects)
+        # approximately unlearned shard models served until exactness is restored
+        self.overlays = CheckpointStore(self.objects, prefix="approx")
         self._manifest: dict[str, Any] | None = None
 
     def __reduce__(self):  # noqa: ANN204

@@ -29,6 +29,7 @@ SETTINGS = {
     "del": {"epochs": 3, "lr": 0.05, "batch_size": 32},
     "influence": {"alpha": 60.0, "samples": 64},
     "qmul": {"epochs": 6, "lr": 0.1, "batch_size": 16},
+    "ohs": {"epochs": 8, "lr": 0.2, "batch_size": 32, "min_delta": 0.0},
 }
 APPROXIMATE = [m for m in list_methods() if not get_method(m).retrains]
 
@@ -59,7 +60,7 @@ def single(tmp_path_factory):
 
 
 def test_registry_lists_every_method_and_rejects_bad_names():
-    assert list_methods() == ["del", "finetune", "grad_ascent", "influence", "l1_sparse", "neggrad_plus", "qmul", "random_label", "retrain"]
+    assert list_methods() == ["del", "finetune", "grad_ascent", "influence", "l1_sparse", "neggrad_plus", "ohs", "qmul", "random_label", "retrain"]
     with pytest.raises(ConfigError, match="unknown unlearning method 'salun'; valid unlearning methods: del, finetune"):
         get_method("salun")
     with pytest.raises(ValueError, match="already registered"):
