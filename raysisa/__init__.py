@@ -11,7 +11,8 @@ Example:
 
 __version__ = "0.1.0"
 
-from raysisa.api import compare, evaluate, inspect, train, unlearn
+from raysisa.api import compare, evaluate, inspect, run_coordinator, train, unlearn
+from raysisa.coordinator import register_subjects, requests, status, submit, wait
 from raysisa.config import (
     ClusterConfig,
     DataConfig,
@@ -88,6 +89,12 @@ __all__ = [
     "register_aggregator",
     "register_model",
     "register_source",
+    "register_subjects",
+    "requests",
+    "run_coordinator",
+    "status",
+    "submit",
     "train",
     "unlearn",
+    "wait",
 ]

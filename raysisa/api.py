@@ -11,14 +11,15 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from raysisa.config import ClusterConfig, JobConfig, RunSpec, StoreConfig
+from raysisa.config import ClusterConfig, CoordinatorConfig, JobConfig, RunSpec, StoreConfig
 from raysisa.sisa.pool import LocalPool, ShardPool
 from raysisa.sisa.run import EvalReport, SisaRun, TrainReport, UnlearnReport
 
-__all__ = ["train", "unlearn", "evaluate", "inspect", "compare", "as_store"]
+__all__ = ["train", "unlearn", "evaluate", "inspect", "compare", "as_store", "run_coordinator"]
 
 
 def as_store(store: str | StoreConfig, endpoint_url: str | None = None) -> StoreConfig:
@@ -130,3 +131,48 @@ def compare(
     resolve_methods(config.compare, methods)  # bad names or args fail before Ray starts
     with _pool(pool, cluster or config.cluster, config.sharding.num_shards) as shards:
         return run_compare(config, as_store(store), shards, methods, seeds, progress)
+
+
+def run_coordinator(
+    store: str | StoreConfig,
+    config: CoordinatorConfig | None = None,
+    *,
+    until: tuple[str, str] | None = None,
+    cluster: ClusterConfig | None = None,
+    pool: ShardPool | None = None,
+    timeout: float = 3600.0,
+) -> dict[str, Any]:
+    """Run a coordinator in this process (instead of the detached actor).
+
+    Args:
+        store: the run.
+        config: batching and policy settings.
+        until: ``(request_id, "applied" | "exact")``: stop once that request gets there
+            (exactness is restored right away rather than after ``idle_seconds``);
+            ``None``: apply everything pending, restore exactness, and stop.
+        cluster, pool: where shards work (default: Ray actors on a local cluster).
+        timeout: give up (raising TimeoutError) after this many seconds.
+    """
+    from raysisa.coordinator.ledger import STATES, Ledger
+    from raysisa.coordinator.service import Coordinator
+
+    store = as_store(store)
+    run = SisaRun(store)
+    with _pool(pool, cluster, run.store.spec.sharding.num_shards) as shards:
+        coordinator = Coordinator(store, config or CoordinatorConfig(), shards)
+        if until is None:
+            coordinator.run_until_settled(timeout)
+            return coordinator.summary()
+        request_id, goal = until
+        target = STATES["applied_approximate"] if goal == "applied" else STATES["exact"]
+        ledger = Ledger(run.store.objects)
+        deadline = time.time() + timeout
+        while STATES[ledger.state(request_id)] < target:
+            if time.time() > deadline:
+                raise TimeoutError(f"request {request_id} did not become {goal} within {timeout}s")
+            done = coordinator.step()
+            if goal == "exact" and ledger.state(request_id) == "applied_approximate":
+                coordinator.restore_exactness()
+            elif done in ("waiting", "idle"):
+                time.sleep(0.05)
+        return coordinator.summary()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from typing import Any
 
 from raysisa import api
 from raysisa.config import ClusterConfig, StoreConfig, load_config
-from raysisa.errors import InvalidIdsError, RaysisaError
+from raysisa.errors import ConfigError, InvalidIdsError, RaysisaError
 from raysisa.store import RunStore
 
 __all__ = ["main", "build_parser", "read_ids_file"]
@@ -130,7 +131,9 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     for shard in info["shards"]:
         states = "".join({"ok": "#", "missing": ".", "corrupt": "X"}[c["status"]] for c in shard["checkpoints"])
         sha = (shard["model_sha256"] or "-")[:16]
-        lines.append(f"  shard {shard['shard']:>3}: {shard['samples']:>6} samples  checkpoints [{states}]  model {sha}")
+        lines.append(
+            f"  shard {shard['shard']:>3}: {shard['state']:<11} {shard['samples']:>6} samples  checkpoints [{states}]  model {sha}"
+        )
     if info["stale_checkpoints"]:
         lines.append(f"{info['stale_checkpoints']} stale checkpoint(s) await deletion")
     _emit(args, info, lines)
@@ -151,6 +154,106 @@ def cmd_compare(args: argparse.Namespace) -> None:
         for name in ("report.md", "report.json", "gaps.png"):
             (out / name).write_bytes(objects.get_bytes(f"reports/{report.name}/{name}"))
     _emit(args, report.to_dict(), [markdown_table(report), "", f"report: {base}/report.md, report.json, gaps.png"])
+
+
+def _coordinator_config(args: argparse.Namespace):  # noqa: ANN202
+    return load_config(args.config, list(args.set)).coordinator
+
+
+def cmd_forget(args: argparse.Namespace) -> None:
+    from raysisa.coordinator import client
+
+    store = _store(args)
+    if args.subject is not None:
+        ack = client.submit(store, subject=args.subject, key=args.key)
+    else:
+        ids = _split_ids(args.ids) if args.ids is not None else read_ids_file(args.ids_file)
+        ack = client.submit(store, ids, key=args.key)
+    lines = [
+        f"request {ack.request_id}: {ack.ids} id(s) logged" + (" (already submitted with this key)" if ack.duplicate else ""),
+        f"state: {ack.state}",
+    ]
+    payload = {"ack": ack.to_dict()}
+    if args.wait:
+        _wait_for(args, store, ack.request_id)
+        payload["status"] = client.status(store, ack.request_id)
+        lines.append(f"state: {payload['status']['state']}")
+    _emit(args, payload, lines)
+
+
+def _wait_for(args: argparse.Namespace, store: StoreConfig, request_id: str) -> None:
+    """Wait through a running coordinator actor, or run a coordinator here until done."""
+    from raysisa.coordinator import client
+
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        import ray
+
+        from raysisa.coordinator.actor import get_coordinator
+
+        ray.init(address=address, log_to_driver=False)
+        try:
+            if get_coordinator(store) is not None:
+                client.wait(store, request_id, args.wait, timeout=args.timeout)
+                return
+        finally:
+            ray.shutdown()
+    api.run_coordinator(store, _coordinator_config(args), until=(request_id, args.wait), cluster=_cluster(args), timeout=args.timeout)
+
+
+def cmd_requests(args: argparse.Namespace) -> None:
+    from raysisa.coordinator import client
+
+    store = _store(args)
+    if args.id:
+        info = client.status(store, args.id)
+        receipt = info["receipt"] or {}
+        lines = [f"request {args.id}: {info['state']}, {len(info['request']['ids'])} id(s), submitted {info['request']['submitted_at']}"]
+        lines += [f"  {e['at']}  {e['state']}" for e in info["events"]]
+        lines += [f"  shard {s['shard']}: {s['kind']} ({s['reason']})" for s in receipt.get("shards", [])]
+        _emit(args, info, lines)
+        return
+    rows = client.requests(store)
+    lines = [f"{r['request_id']}  {r['state']:<20} {r['ids']:>6} id(s)  {r['submitted_at']}" for r in rows] or ["no requests"]
+    _emit(args, {"requests": rows}, lines)
+
+
+def cmd_coordinator(args: argparse.Namespace) -> None:
+    import ray
+
+    from raysisa.coordinator import actor
+
+    store = _store(args)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise ConfigError("the coordinator actor runs on a Ray cluster: give --address (or set RAY_ADDRESS)")
+    ray.init(address=address, log_to_driver=False)
+    try:
+        if args.action == "start":
+            job = load_config(args.config, list(args.set))
+            handle = actor.start_coordinator(store, job.coordinator, _cluster(args, job.cluster))
+            summary = ray.get(handle.summary.remote())
+        elif args.action == "stop":
+            summary = {"stopped": actor.stop_coordinator(store)}
+        else:
+            handle = actor.get_coordinator(store)
+            summary = ray.get(handle.summary.remote()) if handle else {"running": False}
+    finally:
+        ray.shutdown()
+    _emit(args, summary, [f"{k}: {v}" for k, v in summary.items()])
+
+
+def cmd_subjects(args: argparse.Namespace) -> None:
+    from raysisa.coordinator import client
+
+    try:
+        mapping = json.loads(Path(args.file).read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidIdsError(f"cannot read subjects file {args.file}: {exc}") from None
+    if not isinstance(mapping, dict) or not all(isinstance(v, list) for v in mapping.values()):
+        raise InvalidIdsError("a subjects file is a JSON object: {subject key: [sample ids]}")
+    count = client.register_subjects(_store(args), mapping)
+    _emit(args, {"subjects": len(mapping), "ids": count}, [f"registered {len(mapping)} subject(s), {count} id(s)"])
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -215,6 +318,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also copy report.md, report.json and gaps.png into this local folder")
     _quant_flags(p)
     p.set_defaults(func=cmd_compare)
+
+    p = command("forget", "log a deletion request (durably, before acknowledging it); optionally wait for it")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--ids", help="comma-separated sample ids")
+    what.add_argument("--ids-file", help="file of ids (text or JSON list)")
+    what.add_argument("--subject", help="a data-subject key registered with `raysisa subjects`")
+    p.add_argument("--key", help="idempotency key: re-submitting it is a no-op")
+    p.add_argument("--wait", choices=["applied", "exact"], help="wait until the request is applied or exact")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (default 3600)")
+    p.add_argument("--config", help="YAML config whose `coordinator` section applies when this command runs one")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.set_defaults(func=cmd_forget)
+
+    p = command("requests", "logged deletion requests and their states (or one request in detail)")
+    p.add_argument("--id", help="show one request: transitions and receipt")
+    p.set_defaults(func=cmd_requests)
+
+    p = command("coordinator", "start, stop or query the coordinator actor of a run on a Ray cluster")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--config", help="YAML config with a `coordinator` section")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.set_defaults(func=cmd_coordinator)
+
+    p = command("subjects", "register data-subject keys and the sample ids each owns (keys stored hashed)")
+    p.add_argument("--file", required=True, help='JSON object {"subject key": [ids]}')
+    p.set_defaults(func=cmd_subjects)
 
     p = command("inspect", "config, shards, slices, checkpoints and model hashes of a run")
     p.add_argument("--no-verify", action="store_true", help="skip checking checkpoint sha256s")

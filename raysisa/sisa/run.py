@@ -478,6 +478,7 @@ class SisaRun:
         manifest = self.store.manifest()
         spec = self.store.spec
         present = set(self.store.checkpoints.list())
+        overlays = {ref.shard: ref for ref in self.store.overlays.list()}
         shards, expected_all = [], set()
         for shard in range(spec.sharding.num_shards):
             slice_ids = self.store.slice_ids(shard)
@@ -495,12 +496,28 @@ class SisaRun:
             model_sha = None
             if checkpoints[-1]["status"] == "ok" or (not verify and latest in present):
                 model_sha = self.store.checkpoints.manifest(latest)["model_sha256"]
+            up_to_date = all(c["status"] == "ok" for c in checkpoints)
+            approximate = None
+            if shard in overlays:
+                meta = self.store.overlays.manifest(overlays[shard])
+                approximate = {
+                    "key": overlays[shard].key,
+                    "updates": meta["updates"],
+                    "pending_ids": len(meta["ids"]),
+                    "requests": len(meta["request_ids"]),
+                    "method": meta["method"],
+                    "accuracy": meta["accuracy"],
+                    "exact_accuracy": meta["exact_accuracy"],
+                    "model_sha256": meta["model_sha256"] if "model_sha256" in meta else None,
+                }
             shards.append(
                 {
                     "shard": shard,
+                    "state": "exact" if up_to_date else ("approximate" if approximate else "stale"),
+                    "approximate": approximate,
                     "samples": sum(sizes),
                     "slice_sizes": sizes,
-                    "up_to_date": all(c["status"] == "ok" for c in checkpoints),
+                    "up_to_date": up_to_date,
                     "full_retrain_sample_grads": retrain_cost(sizes, spec.train.epochs),
                     "model_sha256": model_sha,
                     "checkpoints": checkpoints,

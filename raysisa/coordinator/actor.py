@@ -1,0 +1,107 @@
+"""The coordinator as a named, detached, restartable Ray actor.
+
+The actor runs :class:`~raysisa.coordinator.service.Coordinator` in a background thread.
+All of its state is on the store, so when Ray restarts it (``max_restarts=-1``) it picks
+up unfinished batch plans and pending requests where they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import ray
+
+from raysisa.config import ClusterConfig, CoordinatorConfig, StoreConfig
+
+__all__ = ["CoordinatorActor", "coordinator_name", "start_coordinator", "get_coordinator", "stop_coordinator", "NAMESPACE"]
+
+log = logging.getLogger(__name__)
+NAMESPACE = "raysisa"
+
+
+class CoordinatorActor:
+    def __init__(self, store: StoreConfig, config: CoordinatorConfig, cluster: ClusterConfig) -> None:
+        from raysisa.coordinator.service import Coordinator
+        from raysisa.sisa.actors import RayPool
+        from raysisa.sisa.run import SisaRun
+
+        shards = SisaRun(store).store.spec.sharding.num_shards
+        self.coordinator = Coordinator(store, config, RayPool(cluster, shards))
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="raysisa-coordinator", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        poll = self.coordinator.config.poll_seconds
+        while not self._stop.is_set():
+            try:
+                done = self.coordinator.step()
+            except Exception as exc:  # noqa: BLE001 - keep serving; the plan is retried next step
+                log.exception("coordinator step failed")
+                self.errors = [*self.errors[-9:], f"{type(exc).__name__}: {exc}"]
+                done = "error"
+            if done in ("idle", "waiting", "error"):
+                self._stop.wait(poll)
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.coordinator.summary(), "errors": self.errors, "pid": os.getpid()}
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=600)
+
+
+def coordinator_name(store: StoreConfig) -> str:
+    return "raysisa-coordinator-" + hashlib.sha256(store.uri.encode()).hexdigest()[:16]
+
+
+def start_coordinator(store: StoreConfig, config: CoordinatorConfig | None = None, cluster: ClusterConfig | None = None) -> Any:
+    """The coordinator actor of ``store`` (started if not running). Ray must be initialised."""
+    config = config or CoordinatorConfig()
+    cluster = cluster or ClusterConfig()
+    handle = (
+        ray.remote(CoordinatorActor)
+        .options(
+            name=coordinator_name(store),
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            max_restarts=-1,
+            max_concurrency=4,
+            num_cpus=0,
+        )
+        .remote(store, config, cluster)
+    )
+    ray.get(handle.pid.remote())  # up and running (constructor done)
+    return handle
+
+
+def get_coordinator(store: StoreConfig) -> Any | None:
+    try:
+        return ray.get_actor(coordinator_name(store), namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def stop_coordinator(store: StoreConfig) -> bool:
+    handle = get_coordinator(store)
+    if handle is None:
+        return False
+    try:
+        ray.get(handle.stop.remote(), timeout=600)
+    finally:
+        ray.kill(handle, no_restart=True)
+    for _ in range(50):
+        if get_coordinator(store) is None:
+            break
+        time.sleep(0.1)
+    return True
