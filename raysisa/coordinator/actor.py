@@ -55,6 +55,11 @@ class CoordinatorActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def shard_pids(self) -> dict[int, int]:
+        """Process ids of the shard actors this coordinator has started (for operators and tests)."""
+        pool = self.coordinator.pool
+        return {shard: ray.get(handle.pid.remote()) for shard, handle in pool.actors.items()}
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=600)

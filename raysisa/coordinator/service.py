@@ -133,7 +133,8 @@ class Coordinator:
         live_ids, shards, slices = rows["id"].to_numpy(), rows["shard"].to_numpy(), rows["slice"].to_numpy()
         works = [self._work(int(k), live_ids[shards == k], slices[shards == k], index, accepted) for k in np.unique(shards)]
         decisions = decide(works, self.config)
-        batch_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        stamp = time.time()
+        batch_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(stamp))}{int(stamp * 1000) % 1000:03d}-{uuid.uuid4().hex[:8]}"
         plan = {
             "batch_id": batch_id,
             "created_at": now(),

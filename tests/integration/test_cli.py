@@ -124,7 +124,7 @@ def test_compare_command_in_ray_actors(tmp_path, capsys, ray_cluster):
     assert code == 2 and "unknown unlearning method 'sisa_magic'" in err
 
 
-@pytest.mark.parametrize("command", ["demo", "train", "unlearn", "evaluate", "inspect", "compare"])
+@pytest.mark.parametrize("command", ["demo", "train", "unlearn", "evaluate", "inspect", "compare", "forget", "requests", "coordinator", "subjects"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
@@ -144,3 +144,38 @@ def test_demo_runs_end_to_end(tmp_path, capsys, ray_cluster):
     assert result["bit_identical_to_retrain"] is True
     assert result["deleted"] == 15 and result["shards_retrained"] >= 1
     assert result["accuracy_after"] > 90 and result["slices_retrained"] <= result["slices_total"]
+
+
+def test_forget_requests_and_subjects_commands(tmp_path, capsys, ray_cluster):
+    store = str(tmp_path / "forget")
+    assert run(capsys, "train", "--store", store, *SET)[0] == 0
+    ids = pick(StoreConfig(uri=store), [(0, 3, 0), (1, 3, 1)])
+    code, out, err = run(capsys, "forget", "--store", store, "--ids", ",".join(map(str, ids)), "--key", "cli-1", "--wait", "exact", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["ack"]["ids"] == 2 and result["status"]["state"] == "exact"
+    rid = result["ack"]["request_id"]
+    code, out, _ = run(capsys, "forget", "--store", store, "--ids", ",".join(map(str, ids)), "--key", "cli-1")
+    assert code == 0 and "already submitted with this key" in out
+    code, out, _ = run(capsys, "requests", "--store", store)
+    assert code == 0 and rid in out and "exact" in out
+    code, out, _ = run(capsys, "requests", "--store", store, "--id", rid, "--json")
+    assert json.loads(out)["receipt"]["ids"] == sorted(ids)
+
+    subjects = tmp_path / "subjects.json"
+    subjects.write_text(json.dumps({"user-7": pick(StoreConfig(uri=store), [(2, 2, 0)])}))
+    assert run(capsys, "subjects", "--store", store, "--file", str(subjects))[0] == 0
+    code, out, err = run(capsys, "forget", "--store", store, "--subject", "user-7", "--wait", "applied", "--json")
+    assert code == 0, err
+    assert json.loads(out)["status"]["state"] in ("applied_exact", "applied_approximate", "exact")
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    code, _, err = run(capsys, "subjects", "--store", store, "--file", str(bad))
+    assert code == 2 and "cannot read subjects file" in err
+    code, _, err = run(capsys, "forget", "--store", store, "--ids", "999999999")
+    assert code == 2 and "never existed" in err
+    code, _, err = run(capsys, "coordinator", "status", "--store", store)
+    assert code == 2 and "--address" in err
+    code, out, _ = run(capsys, "inspect", "--store", store)
+    assert code == 0 and "exact" in out

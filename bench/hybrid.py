@@ -1,0 +1,187 @@
+"""A stream of deletion requests through the coordinator: PRS-only, DPUS-only, HS and OHS.
+
+For each data set, one SISA ensemble is trained and copied once per policy; then the same
+stream — single random ids with class-wise bursts (a share of one class at once, which
+touches every shard) — is submitted request by request. After each request the
+coordinator processes it (one batch) and the served ensemble's test accuracy is measured.
+At the end the approximate shards are retrained (eventual exactness), which every policy
+but PRS owes.
+
+Reported per policy: time to apply the stream (what a requester waits), requests per hour,
+the deferred cost of restoring exactness, accuracy after each request (min, final) and
+after exactness; and the efficiency gain T(PRS) / T(policy). A ρ sweep of HS on digits
+shows how the boundary trades time for accuracy.
+
+    .venv/bin/python bench/hybrid.py                       # digits + CIFAR-10 subset (about 20 min)
+    .venv/bin/python bench/hybrid.py --datasets digits --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.report import write_section  # noqa: E402
+from raysisa import SisaRun, StoreConfig, parse_config  # noqa: E402
+from raysisa.config import ClusterConfig, CoordinatorConfig  # noqa: E402
+from raysisa.coordinator import submit  # noqa: E402
+from raysisa.coordinator.service import Coordinator  # noqa: E402
+from raysisa.evaluation.scenarios import train_labels  # noqa: E402
+from raysisa.sisa.actors import RayPool, ray_session  # noqa: E402
+
+CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
+RECIPES = {
+    "digits": {"overrides": [], "singles": 40, "bursts": 3, "burst_share": 0.3},
+    "cifar10": {
+        "overrides": [
+            "data.source=parquet", f"data.uri={CIFAR}", "data.limit=5000", "data.test_limit=1000",
+            "model.width=16", "train.epochs=12", "train.batch_size=64",
+        ],
+        "singles": 20,
+        "bursts": 2,
+        "burst_share": 0.3,
+    },
+}
+POLICIES = {
+    "PRS-only": CoordinatorConfig(policy="prs"),
+    "DPUS-only": CoordinatorConfig(policy="dpus", max_approx_updates=1000, max_drift_points=100),
+    "HS": CoordinatorConfig(policy="hs", max_approx_updates=1000, max_drift_points=100),
+    "OHS": CoordinatorConfig(policy="ohs", max_approx_updates=1000, max_drift_points=100),
+}
+
+
+def stream(run: SisaRun, singles: int, bursts: int, share: float, seed: int) -> list[list[int]]:
+    """Single random ids with ``bursts`` class-wise bursts spread through the stream."""
+    ids, labels = train_labels(run)
+    rng = np.random.default_rng(seed)
+    classes = rng.choice(np.unique(labels), size=bursts, replace=False)
+    burst_sets = [rng.choice(ids[labels == c], size=max(1, round(share * (labels == c).sum())), replace=False) for c in classes]
+    taken = set(np.concatenate(burst_sets).tolist())
+    pool = np.array([i for i in ids if i not in taken])
+    out = [[int(i)] for i in rng.choice(pool, size=singles, replace=False)]
+    for k, burst in enumerate(burst_sets):
+        out.insert((k + 1) * len(out) // (bursts + 1), sorted(int(i) for i in burst))
+    return out
+
+
+def replay(store: StoreConfig, config: CoordinatorConfig, requests: list[list[int]], pool: RayPool) -> dict:
+    config = config.model_copy(update={"window_seconds": 0.0, "idle_seconds": None})
+    coordinator = Coordinator(store, config, pool)
+    run = SisaRun(store)
+    timeline, applied, kinds = [], 0.0, {"retrain": 0, "update": 0}
+    for ids in requests:
+        submit(store, ids)
+        known = set(coordinator.ledger.batches())
+        started = time.perf_counter()
+        coordinator.step()
+        applied += time.perf_counter() - started
+        for batch in set(coordinator.ledger.batches()) - known:
+            plan = coordinator.ledger.objects.get_json(f"ledger/batches/{batch}.json")
+            for shard in plan["shards"].values():
+                kinds[shard["decision"]["kind"]] = kinds.get(shard["decision"]["kind"], 0) + 1
+        timeline.append({"request": len(timeline), "ids": len(ids), "applied_seconds": applied, "accuracy": run.evaluate(pool=pool).accuracy})
+    started = time.perf_counter()
+    coordinator.restore_exactness()
+    restore = time.perf_counter() - started
+    return {
+        "apply_seconds": applied,
+        "requests_per_hour": 3600 * len(requests) / applied,
+        "restore_seconds": restore,
+        "min_accuracy": min(t["accuracy"] for t in timeline),
+        "final_accuracy": timeline[-1]["accuracy"],
+        "exact_accuracy": run.evaluate(pool=pool).accuracy,
+        "shard_decisions": kinds,
+        "timeline": timeline,
+    }
+
+
+def bench(name: str, workdir: Path, pool_cluster: ClusterConfig, seed: int, sweep: bool) -> dict:
+    recipe = RECIPES[name]
+    job = parse_config({}, recipe["overrides"])
+    base = StoreConfig(uri=str(workdir / name / "base"))
+    pool = RayPool(pool_cluster, job.spec.sharding.num_shards)
+    try:
+        run = SisaRun.create(job.spec, base)
+        run.train(pool, progress=True)
+        initial = run.evaluate(pool=pool).accuracy
+        requests = stream(run, recipe["singles"], recipe["bursts"], recipe["burst_share"], seed)
+        policies = dict(POLICIES)
+        if sweep:
+            for rho in (0.3, 0.8):
+                policies[f"HS rho={rho}"] = POLICIES["HS"].model_copy(update={"rho": rho})
+        results = {}
+        for label, config in policies.items():
+            copy = workdir / name / label.replace(" ", "_").replace("=", "")
+            shutil.copytree(workdir / name / "base", copy)
+            print(f"{name} / {label}", flush=True)
+            results[label] = replay(StoreConfig(uri=str(copy)), config, requests, pool)
+    finally:
+        pool.close()
+    return {"dataset": name, "initial_accuracy": initial, "requests": len(requests), "deleted": sum(map(len, requests)), "policies": results}
+
+
+def markdown(result: dict) -> str:
+    prs = result["policies"]["PRS-only"]
+    lines = [
+        f"**{result['dataset']}**: {result['requests']} requests deleting {result['deleted']} samples "
+        f"(initial test accuracy {result['initial_accuracy']:.2f}%).",
+        "",
+        "| policy | apply s | requests / hour | gain vs PRS | shard decisions (retrain / update) | min acc. | final acc. | gap to PRS (pp) | restore exactness s | acc. after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, r in result["policies"].items():
+        lines.append(
+            f"| {label} | {r['apply_seconds']:.1f} | {r['requests_per_hour']:,.0f} | {prs['apply_seconds'] / r['apply_seconds']:.2f}x "
+            f"| {r['shard_decisions'].get('retrain', 0)} / {r['shard_decisions'].get('update', 0)} "
+            f"| {r['min_accuracy']:.2f} | {r['final_accuracy']:.2f} | {r['final_accuracy'] - prs['final_accuracy']:+.2f} "
+            f"| {r['restore_seconds']:.1f} | {r['exact_accuracy']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default="digits,cifar10")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    names = args.datasets.split(",")
+    if "cifar10" in names and not CIFAR.exists():
+        sys.exit(f"{CIFAR} not found")
+    import ray
+    import torch
+
+    results = []
+    cluster = ClusterConfig()
+    with tempfile.TemporaryDirectory(prefix="raysisa-hybrid-") as tmp, ray_session(cluster):
+        for name in names:
+            results.append(bench(name, Path(tmp), cluster, args.seed, sweep=name == "digits"))
+    meta = (
+        f"Run {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({platform.machine()}, CPU, Ray {ray.__version__}, "
+        f"torch {torch.__version__}); `python bench/hybrid.py {' '.join(sys.argv[1:])}`. 5 shards x 4 slices; one batch per "
+        "request (window 0); DPUS = neggrad_plus (2 epochs, lr 0.01), OHS lr 0.1 x the training lr; debt bounds off so "
+        "approximate debt accumulates until the final restoration. Accuracy is the served ensemble's (vote) on the test split."
+    )
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "hybrid.json").write_text(json.dumps(results, indent=1))
+    body = meta + "\n\n" + "\n\n".join(markdown(r) for r in results)
+    print(body)
+    if not args.no_write:
+        write_section(ROOT / "BENCHMARKS.md", "hybrid", body)
+
+
+if __name__ == "__main__":
+    main()
