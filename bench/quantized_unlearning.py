@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--test-limit", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--section", default="quantized_unlearning", help="BENCHMARKS.md section to write")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if not CIFAR.exists():
@@ -108,10 +109,10 @@ def main() -> None:
     body = meta + "\n\n" + "\n".join(findings) + "\n\n" + "\n\n".join(sections)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "quantized_unlearning.json").write_text(json.dumps({b: r.to_dict() for b, r in reports.items()}, indent=1, default=float))
+    (out / f"{args.section}.json").write_text(json.dumps({b: r.to_dict() for b, r in reports.items()}, indent=1, default=float))
     print(body)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", "quantized_unlearning", body)
+        write_section(ROOT / "BENCHMARKS.md", args.section, body)
 
 
 if __name__ == "__main__":
