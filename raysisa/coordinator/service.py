@@ -38,6 +38,7 @@ from raysisa.config import CoordinatorConfig, StoreConfig
 from raysisa.coordinator.ledger import Ledger, Request, now, parse_time
 from raysisa.coordinator.policy import ShardWork, decide, ohs_slices
 from raysisa.data.tensors import to_tensors
+from raysisa.errors import StaleStateError
 from raysisa.methods import get_method
 from raysisa.quant import is_quantized
 from raysisa.sisa.cost import retrain_cost
@@ -90,8 +91,9 @@ class Coordinator:
                 self.execute(plan)
                 return "batch"
             return "waiting"
-        if self._debt_shards():
-            self.restore_exactness(self._debt_shards())
+        indebted = self._debt_shards()
+        if indebted:
+            self.restore_exactness(indebted)
             return "restored"
         idle = self.config.idle_seconds
         if idle is not None and self.approximate_shards() and time.time() - self.last_activity >= idle:
@@ -337,7 +339,7 @@ class Coordinator:
     def _served_key(self, shard: int) -> dict[str, str] | None:
         try:
             ref = self._served_ref(shard)
-        except Exception:  # noqa: BLE001 - a shard mid-retrain serves nothing yet
+        except StaleStateError:  # a shard mid-retrain serves nothing yet
             return None
         return {"kind": "approximate" if ref.prefix == "approx" else "exact", "slice": ref.slice, "key": ref.key}
 

@@ -1,6 +1,5 @@
 """The coordinator in this process (LocalPool): decisions, exactly-once, exactness, receipts."""
 
-import numpy as np
 import pytest
 
 from raysisa import LocalPool, SisaRun, StoreConfig, inspect, parse_config, train
