@@ -210,11 +210,13 @@ class Coordinator:
         timings: dict[int, float] = {}
         updates = {k: d for k, d in decisions.items() if d["kind"] == "update"}
         retrains = [k for k, d in decisions.items() if d["kind"] == "retrain"]
+        todo = {}
         for shard, decision in updates.items():  # a. direct updates, written as overlays
             overlay = self.overlay(shard)
-            if overlay and batch_id in self.store.overlays.manifest(overlay).get("batch_ids", []):
-                continue
-            timings[shard] = self._update(shard, decision, ids[shard], batch_id, plan["requests"])
+            if not (overlay and batch_id in self.store.overlays.manifest(overlay).get("batch_ids", [])):
+                todo[shard] = decision
+        carried = {k: [r for r in plan["requests"] if set(self._request(r).ids) & set(ids[k].tolist())] for k in todo}
+        timings |= self._apply_updates(todo, ids, batch_id, carried)
         decided = [ids[k] for k, d in decisions.items() if d["kind"] in ("update", "retrain")]
         if decided:  # b. the data goes, and every checkpoint trained on it
             self.run.commit_deletion(np.concatenate(decided), reason=f"batch {batch_id}")
@@ -230,26 +232,48 @@ class Coordinator:
         self._record(plan, before, after, timings, time.perf_counter() - started)
         self.settle()
 
-    def _update(self, shard: int, decision: dict[str, Any], ids: np.ndarray, batch_id: str, request_ids: list[str]) -> float:
-        """DPUS (+ OHS) on one shard's served model; the result becomes its overlay."""
-        started = time.perf_counter()
+    def _apply_updates(
+        self, decisions: dict[int, dict[str, Any]], ids: dict[int, np.ndarray], batch_id: str, carried: dict[int, list[str]]
+    ) -> dict[int, float]:
+        """DPUS (+ OHS) on each shard's served model, shards in parallel; each result becomes
+        the shard's overlay. Returns the compute seconds per shard."""
         spec = self.store.spec
-        base = self._served_ref(shard)
+        bases = {shard: self._served_ref(shard) for shard in decisions}
         # seeded by what is forgotten, so a replayed plan (or the same request) draws the same
-        seed = derive_seed(int(hashlib.sha256(np.sort(ids).tobytes()).hexdigest()[:15], 16), shard)
-        method = get_method(decision["method"], decision["args"]).describe()
-        result = self.pool.result(self.pool.submit(shard, "apply_method", self.run.config, method, ids, seed, base))
-        tensors, ohs_epochs = result["tensors"], 0
-        if decision["ohs_slices"]:
-            ohs = self.config.ohs
-            recover = get_method(
-                "ohs",
-                {"lr": ohs.lr_factor * spec.train.lr, "epochs": self._ohs_epochs(), "min_delta": ohs.min_delta,
-                 "patience": ohs.patience, "batch_size": spec.train.batch_size, "weight_decay": spec.train.weight_decay},
-            ).describe()
-            tail = list(range(spec.sharding.num_slices - decision["ohs_slices"] + 1, spec.sharding.num_slices + 1))
-            fine = self.pool.result(self.pool.submit(shard, "apply_method", self.run.config, recover, ids, seed, tensors, None, tail))
-            tensors, ohs_epochs = fine["tensors"], fine["outcome"]["epochs"]
+        seeds = {s: derive_seed(int(hashlib.sha256(np.sort(ids[s]).tobytes()).hexdigest()[:15], 16), s) for s in decisions}
+        handles = {
+            shard: self.pool.submit(shard, "apply_method", self.run.config, get_method(d["method"], d["args"]).describe(),
+                                    ids[shard], seeds[shard], bases[shard])
+            for shard, d in decisions.items()
+        }
+        results = {shard: self.pool.result(handle) for shard, handle in handles.items()}
+        ohs = self.config.ohs
+        recover = get_method(
+            "ohs",
+            {"lr": ohs.lr_factor * spec.train.lr, "epochs": self._ohs_epochs(), "min_delta": ohs.min_delta,
+             "patience": ohs.patience, "batch_size": spec.train.batch_size, "weight_decay": spec.train.weight_decay},
+        ).describe()
+        last = spec.sharding.num_slices
+        handles = {
+            shard: self.pool.submit(shard, "apply_method", self.run.config, recover, ids[shard], seeds[shard],
+                                    results[shard]["tensors"], None, list(range(last - d["ohs_slices"] + 1, last + 1)))
+            for shard, d in decisions.items()
+            if d["ohs_slices"]
+        }
+        tuned = {shard: self.pool.result(handle) for shard, handle in handles.items()}
+        seconds = {}
+        for shard, decision in decisions.items():
+            steps = [results[shard], *([tuned[shard]] if shard in tuned else [])]
+            seconds[shard] = sum(r["outcome"]["setup_seconds"] + r["outcome"]["unlearn_seconds"] for r in steps)
+            self._write_overlay(shard, decision, steps[-1]["tensors"], bases[shard], ids[shard], batch_id, carried[shard],
+                                tuned[shard]["outcome"]["epochs"] if shard in tuned else 0)
+        return seconds
+
+    def _write_overlay(
+        self, shard: int, decision: dict[str, Any], tensors: dict[str, torch.Tensor], base: CheckpointRef,
+        ids: np.ndarray, batch_id: str, request_ids: list[str], ohs_epochs: int,
+    ) -> None:
+        spec = self.store.spec
         previous = self.overlay(shard)
         meta = self.store.overlays.manifest(previous) if previous else {}
         x, y = self._test_split()
@@ -279,7 +303,6 @@ class Coordinator:
         )
         if previous and previous != ref:
             self.store.overlays.delete([previous])
-        return time.perf_counter() - started
 
     # -- exactness --------------------------------------------------------------------------
     def overlay(self, shard: int) -> CheckpointRef | None:
