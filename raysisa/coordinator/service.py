@@ -180,13 +180,18 @@ class Coordinator:
         )
 
     def throughput(self, shard: int) -> float | None:
-        """Measured sample-gradients per second of ``shard``'s slice training (τ)."""
+        """Measured sample-gradients per CPU-second of ``shard``'s slice training (τ).
+
+        CPU time, not wall time: it does not count the time a loaded machine made the
+        shard wait, so W/τ estimates the compute a retrain needs when it has its CPUs.
+        """
         grads = seconds = 0.0
         for ref in self.store.checkpoints.list(shard):
             if ref.slice == 0:
                 continue
             meta = self.store.checkpoints.manifest(ref)
-            grads, seconds = grads + meta.get("sample_grads", 0), seconds + meta.get("train_seconds", 0.0)
+            grads += meta.get("sample_grads", 0)
+            seconds += meta.get("train_cpu_seconds", meta.get("train_seconds", 0.0))
         return grads / seconds if seconds > 0 else None
 
     def _ohs_budget(self) -> float:
