@@ -38,7 +38,7 @@ VARIANTS = {
 METHODS = ["rl", "rl+sl", "rl+agr", "qmul", "l1_sparse", "del"]
 
 
-def job(bits: int, args: argparse.Namespace, seeds: list[int]):  # noqa: ANN201
+def job(bits: int, args: argparse.Namespace, seeds: list[int]):
     quant = [] if bits == 32 else [f"model.quant.w_bits={bits}", "model.quant.a_bits=8", "model.quant.scheme=lsq"]
     return parse_config(
         {"compare": {"variants": VARIANTS, "methods": METHODS, "seeds": seeds, "name": f"quant-w{bits}",

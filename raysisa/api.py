@@ -122,7 +122,7 @@ def compare(
     cluster: ClusterConfig | None = None,
     pool: ShardPool | None = None,
     progress: bool = False,
-):  # noqa: ANN201 - CompareReport (imported lazily)
+):
     """Compare retraining with approximate methods on one forget scenario
     (:func:`raysisa.evaluation.compare`); the report lands in ``reports/<name>/``."""
     from raysisa.evaluation.compare import compare as run_compare

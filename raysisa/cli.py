@@ -156,7 +156,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     _emit(args, report.to_dict(), [markdown_table(report), "", f"report: {base}/report.md, report.json, gaps.png"])
 
 
-def _coordinator_config(args: argparse.Namespace):  # noqa: ANN202
+def _coordinator_config(args: argparse.Namespace):
     return load_config(args.config, list(args.set)).coordinator
 
 

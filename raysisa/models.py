@@ -62,7 +62,7 @@ class SmallCNN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(4 * width, num_classes)
 
-    def forward(self, x):  # noqa: ANN001, ANN201
+    def forward(self, x):
         return self.fc(self.features(x))
 
 

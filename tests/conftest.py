@@ -22,7 +22,7 @@ os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ.pop("AWS_PROFILE", None)
 
-from raysisa.config import parse_config  # noqa: E402
+from raysisa.config import parse_config
 
 
 def free_port() -> int:
@@ -54,7 +54,7 @@ def s3_bucket(s3_endpoint: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(s3_endpoint: str):  # noqa: ANN201 - the moto server must exist before Ray's workers
+def ray_cluster(s3_endpoint: str):
     """One local Ray cluster for the whole test session."""
     import ray
 
@@ -72,7 +72,7 @@ def ray_cluster(s3_endpoint: str):  # noqa: ANN201 - the moto server must exist 
 
 
 @pytest.fixture(scope="session")
-def ray_pool(ray_cluster):  # noqa: ANN001, ANN201
+def ray_pool(ray_cluster):
     """Shard actors shared by the integration tests (actor start-up is the slow part)."""
     from raysisa.config import ClusterConfig
     from raysisa.sisa.actors import RayPool
@@ -93,6 +93,6 @@ TINY = [
 
 
 @pytest.fixture
-def tiny_job():  # noqa: ANN201
+def tiny_job():
     """A recipe that trains in about a second: 240 digits, 3 shards x 3 slices, tiny CNN."""
     return parse_config({}, TINY)

@@ -42,7 +42,7 @@ class CoordinatorActor:
         while not self._stop.is_set():
             try:
                 done = self.coordinator.step()
-            except Exception as exc:  # noqa: BLE001 - keep serving; the plan is retried next step
+            except Exception as exc:
                 log.exception("coordinator step failed")
                 self.errors = [*self.errors[-9:], f"{type(exc).__name__}: {exc}"]
                 done = "error"

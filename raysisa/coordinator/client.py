@@ -90,6 +90,6 @@ def requests(store: StoreConfig | str) -> list[dict[str, Any]]:
 def register_subjects(store: StoreConfig | str, mapping: dict[str, list[int]]) -> int:
     """Register data-subject keys (stored hashed) and the sample ids each one owns."""
     run, ledger = _ledger(store)
-    for subject, ids in mapping.items():
-        run.check_ids(ids)
+    for ids in mapping.values():
+        run.check_ids(ids)  # every id must be a (live or deleted) training sample
     return ledger.register_subjects(mapping)

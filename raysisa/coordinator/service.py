@@ -38,6 +38,7 @@ from raysisa.config import CoordinatorConfig, StoreConfig
 from raysisa.coordinator.ledger import Ledger, Request, now, parse_time
 from raysisa.coordinator.policy import ShardWork, decide, ohs_slices
 from raysisa.data.tensors import to_tensors
+from raysisa.errors import StaleStateError
 from raysisa.methods import get_method
 from raysisa.quant import is_quantized
 from raysisa.sisa.cost import retrain_cost
@@ -90,8 +91,9 @@ class Coordinator:
                 self.execute(plan)
                 return "batch"
             return "waiting"
-        if self._debt_shards():
-            self.restore_exactness(self._debt_shards())
+        indebted = self._debt_shards()
+        if indebted:
+            self.restore_exactness(indebted)
             return "restored"
         idle = self.config.idle_seconds
         if idle is not None and self.approximate_shards() and time.time() - self.last_activity >= idle:
@@ -178,13 +180,18 @@ class Coordinator:
         )
 
     def throughput(self, shard: int) -> float | None:
-        """Measured sample-gradients per second of ``shard``'s slice training (τ)."""
+        """Measured sample-gradients per CPU-second of ``shard``'s slice training (τ).
+
+        CPU time, not wall time: it does not count the time a loaded machine made the
+        shard wait, so W/τ estimates the compute a retrain needs when it has its CPUs.
+        """
         grads = seconds = 0.0
         for ref in self.store.checkpoints.list(shard):
             if ref.slice == 0:
                 continue
             meta = self.store.checkpoints.manifest(ref)
-            grads, seconds = grads + meta.get("sample_grads", 0), seconds + meta.get("train_seconds", 0.0)
+            grads += meta.get("sample_grads", 0)
+            seconds += meta.get("train_cpu_seconds", meta.get("train_seconds", 0.0))
         return grads / seconds if seconds > 0 else None
 
     def _ohs_budget(self) -> float:
@@ -208,11 +215,13 @@ class Coordinator:
         timings: dict[int, float] = {}
         updates = {k: d for k, d in decisions.items() if d["kind"] == "update"}
         retrains = [k for k, d in decisions.items() if d["kind"] == "retrain"]
+        todo = {}
         for shard, decision in updates.items():  # a. direct updates, written as overlays
             overlay = self.overlay(shard)
-            if overlay and batch_id in self.store.overlays.manifest(overlay).get("batch_ids", []):
-                continue
-            timings[shard] = self._update(shard, decision, ids[shard], batch_id, plan["requests"])
+            if not (overlay and batch_id in self.store.overlays.manifest(overlay).get("batch_ids", [])):
+                todo[shard] = decision
+        carried = {k: [r for r in plan["requests"] if set(self._request(r).ids) & set(ids[k].tolist())] for k in todo}
+        timings |= self._apply_updates(todo, ids, batch_id, carried)
         decided = [ids[k] for k, d in decisions.items() if d["kind"] in ("update", "retrain")]
         if decided:  # b. the data goes, and every checkpoint trained on it
             self.run.commit_deletion(np.concatenate(decided), reason=f"batch {batch_id}")
@@ -228,26 +237,48 @@ class Coordinator:
         self._record(plan, before, after, timings, time.perf_counter() - started)
         self.settle()
 
-    def _update(self, shard: int, decision: dict[str, Any], ids: np.ndarray, batch_id: str, request_ids: list[str]) -> float:
-        """DPUS (+ OHS) on one shard's served model; the result becomes its overlay."""
-        started = time.perf_counter()
+    def _apply_updates(
+        self, decisions: dict[int, dict[str, Any]], ids: dict[int, np.ndarray], batch_id: str, carried: dict[int, list[str]]
+    ) -> dict[int, float]:
+        """DPUS (+ OHS) on each shard's served model, shards in parallel; each result becomes
+        the shard's overlay. Returns the compute seconds per shard."""
         spec = self.store.spec
-        base = self._served_ref(shard)
+        bases = {shard: self._served_ref(shard) for shard in decisions}
         # seeded by what is forgotten, so a replayed plan (or the same request) draws the same
-        seed = derive_seed(int(hashlib.sha256(np.sort(ids).tobytes()).hexdigest()[:15], 16), shard)
-        method = get_method(decision["method"], decision["args"]).describe()
-        result = self.pool.result(self.pool.submit(shard, "apply_method", self.run.config, method, ids, seed, base))
-        tensors, ohs_epochs = result["tensors"], 0
-        if decision["ohs_slices"]:
-            ohs = self.config.ohs
-            recover = get_method(
-                "ohs",
-                {"lr": ohs.lr_factor * spec.train.lr, "epochs": self._ohs_epochs(), "min_delta": ohs.min_delta,
-                 "patience": ohs.patience, "batch_size": spec.train.batch_size, "weight_decay": spec.train.weight_decay},
-            ).describe()
-            tail = list(range(spec.sharding.num_slices - decision["ohs_slices"] + 1, spec.sharding.num_slices + 1))
-            fine = self.pool.result(self.pool.submit(shard, "apply_method", self.run.config, recover, ids, seed, tensors, None, tail))
-            tensors, ohs_epochs = fine["tensors"], fine["outcome"]["epochs"]
+        seeds = {s: derive_seed(int(hashlib.sha256(np.sort(ids[s]).tobytes()).hexdigest()[:15], 16), s) for s in decisions}
+        handles = {
+            shard: self.pool.submit(shard, "apply_method", self.run.config, get_method(d["method"], d["args"]).describe(),
+                                    ids[shard], seeds[shard], bases[shard])
+            for shard, d in decisions.items()
+        }
+        results = {shard: self.pool.result(handle) for shard, handle in handles.items()}
+        ohs = self.config.ohs
+        recover = get_method(
+            "ohs",
+            {"lr": ohs.lr_factor * spec.train.lr, "epochs": self._ohs_epochs(), "min_delta": ohs.min_delta,
+             "patience": ohs.patience, "batch_size": spec.train.batch_size, "weight_decay": spec.train.weight_decay},
+        ).describe()
+        last = spec.sharding.num_slices
+        handles = {
+            shard: self.pool.submit(shard, "apply_method", self.run.config, recover, ids[shard], seeds[shard],
+                                    results[shard]["tensors"], None, list(range(last - d["ohs_slices"] + 1, last + 1)))
+            for shard, d in decisions.items()
+            if d["ohs_slices"]
+        }
+        tuned = {shard: self.pool.result(handle) for shard, handle in handles.items()}
+        seconds = {}
+        for shard, decision in decisions.items():
+            steps = [results[shard], *([tuned[shard]] if shard in tuned else [])]
+            seconds[shard] = sum(r["outcome"]["setup_seconds"] + r["outcome"]["unlearn_seconds"] for r in steps)
+            self._write_overlay(shard, decision, steps[-1]["tensors"], bases[shard], ids[shard], batch_id, carried[shard],
+                                tuned[shard]["outcome"]["epochs"] if shard in tuned else 0)
+        return seconds
+
+    def _write_overlay(
+        self, shard: int, decision: dict[str, Any], tensors: dict[str, torch.Tensor], base: CheckpointRef,
+        ids: np.ndarray, batch_id: str, request_ids: list[str], ohs_epochs: int,
+    ) -> None:
+        spec = self.store.spec
         previous = self.overlay(shard)
         meta = self.store.overlays.manifest(previous) if previous else {}
         x, y = self._test_split()
@@ -277,7 +308,6 @@ class Coordinator:
         )
         if previous and previous != ref:
             self.store.overlays.delete([previous])
-        return time.perf_counter() - started
 
     # -- exactness --------------------------------------------------------------------------
     def overlay(self, shard: int) -> CheckpointRef | None:
@@ -337,7 +367,7 @@ class Coordinator:
     def _served_key(self, shard: int) -> dict[str, str] | None:
         try:
             ref = self._served_ref(shard)
-        except Exception:  # noqa: BLE001 - a shard mid-retrain serves nothing yet
+        except StaleStateError:  # a shard mid-retrain serves nothing yet
             return None
         return {"kind": "approximate" if ref.prefix == "approx" else "exact", "slice": ref.slice, "key": ref.key}
 

@@ -39,7 +39,7 @@ def list_sources() -> list[str]:
     return SOURCES.names()
 
 
-def load_source(config):  # noqa: ANN001, ANN201 - DataConfig -> SourceData (import cycle)
+def load_source(config):
     """Load, validate and subsample the source named by ``config.source``.
 
     Raises:
@@ -84,7 +84,7 @@ def _holdout(table: pa.Table, fraction: float, seed: int) -> tuple[pa.Table, pa.
 
 
 @register_source("digits")
-def _digits(config):  # noqa: ANN001, ANN202
+def _digits(config):
     from sklearn.datasets import load_digits
 
     from raysisa.data.samples import DatasetInfo, SourceData, encode_png, make_table
@@ -100,7 +100,7 @@ def _digits(config):  # noqa: ANN001, ANN202
     return SourceData(train, test, info)
 
 
-def _read_parquet(fs, path: str) -> pa.Table:  # noqa: ANN001
+def _read_parquet(fs, path: str) -> pa.Table:
     try:
         with fs.open(path, "rb") as handle:
             return pq.read_table(handle)
@@ -110,7 +110,7 @@ def _read_parquet(fs, path: str) -> pa.Table:  # noqa: ANN001
         raise DataError(f"cannot read Parquet file {path}: {exc}") from None
 
 
-def _parquet_files(fs, root: str, split: str) -> list[str]:  # noqa: ANN001
+def _parquet_files(fs, root: str, split: str) -> list[str]:
     """Files of ``split`` under ``root``: ``<split>.parquet`` or ``<split>/*.parquet``."""
     single = f"{root}/{split}.parquet"
     if fs.isfile(single):
@@ -122,7 +122,7 @@ def _parquet_files(fs, root: str, split: str) -> list[str]:  # noqa: ANN001
 
 
 @register_source("parquet")
-def _parquet(config):  # noqa: ANN001, ANN202
+def _parquet(config):
     from raysisa.data.samples import DatasetInfo, SourceData, check_table, decode_images
 
     if not config.uri:

@@ -56,7 +56,7 @@ def _trust_local_files(cls: type, root: str) -> type:
     return type(f"Unverified{cls.__name__}", (cls,), attrs)
 
 
-def _load_split(config, name: str, cls: type, split_kwargs: dict[str, Any]) -> Any:  # noqa: ANN001
+def _load_split(config, name: str, cls: type, split_kwargs: dict[str, Any]) -> Any:
     if not config.data_dir:
         raise DataError(f"data source {name!r} needs data.data_dir (the folder holding torchvision's {name} files)")
     root = os.path.expanduser(config.data_dir)
@@ -70,12 +70,12 @@ def _load_split(config, name: str, cls: type, split_kwargs: dict[str, Any]) -> A
         raise DataError(f"cannot read {name} files under {root}: {exc}") from None
 
 
-def _to_table(pixels: np.ndarray, labels: np.ndarray, offset: int):  # noqa: ANN202
+def _to_table(pixels: np.ndarray, labels: np.ndarray, offset: int):
     images = [encode_png(p) for p in pixels]
     return make_table(np.arange(len(images), dtype=np.int64) + offset, np.asarray(labels), images)
 
 
-def _cifar(config, name: str, cls_name: str) -> SourceData:  # noqa: ANN001
+def _cifar(config, name: str, cls_name: str) -> SourceData:
     from torchvision import datasets
 
     cls = getattr(datasets, cls_name)
@@ -91,17 +91,17 @@ def _cifar(config, name: str, cls_name: str) -> SourceData:  # noqa: ANN001
 
 
 @register_source("cifar10")
-def _cifar10(config) -> SourceData:  # noqa: ANN001
+def _cifar10(config) -> SourceData:
     return _cifar(config, "cifar10", "CIFAR10")
 
 
 @register_source("cifar100")
-def _cifar100(config) -> SourceData:  # noqa: ANN001
+def _cifar100(config) -> SourceData:
     return _cifar(config, "cifar100", "CIFAR100")
 
 
 @register_source("svhn")
-def _svhn(config) -> SourceData:  # noqa: ANN001
+def _svhn(config) -> SourceData:
     from torchvision.datasets import SVHN
 
     train = _load_split(config, "svhn", SVHN, {"split": "train"})

@@ -39,7 +39,7 @@ from raysisa.sisa.shard import model_tensors, shard_refs
 from raysisa.store import ObjectStore
 from raysisa.methods import UnlearnMethod, get_method, list_methods, omp_prune
 from raysisa.methods.masks import sparsity
-from raysisa.methods.sisa import approximate_unlearn
+from raysisa.methods.sisa import approximate_unlearn, shard_groups
 
 __all__ = ["MethodResult", "CompareReport", "compare", "resolve_methods"]
 
@@ -137,7 +137,7 @@ def resolve_methods(config: CompareConfig, names: list[str] | None = None) -> di
     unknown = set(config.method_args) - set(list_methods())
     if unknown:
         raise ConfigError(f"compare.method_args names unknown method(s): {', '.join(sorted(unknown))}")
-    for label, variant in config.variants.items():
+    for variant in config.variants.values():
         get_method(variant.method, variant.args)
     return chosen
 
@@ -203,7 +203,7 @@ def _masked_retrain(original: SisaRun, forget: np.ndarray, masks: list[State], p
     )
     started = time.perf_counter()
     handles = {}
-    for shard, ids in _groups(original, forget).items():
+    for shard, ids in shard_groups(original, forget).items():
         init = model_tensors(original.store.checkpoints.get(shard_refs(original.store, shard)[0]).tensors)
         handles[shard] = pool.submit(shard, "apply_method", original.config, recipe.describe(), ids, seed, init, masks[shard])
     states = {shard: pool.result(h)["tensors"] for shard, h in handles.items()}
@@ -218,12 +218,6 @@ def _conv_sparsity(run: SisaRun, states: list[State]) -> float:
         model.load_state_dict(state)
         values.append(sparsity(model))
     return min(values)
-
-
-def _groups(run: SisaRun, ids: np.ndarray) -> dict[int, np.ndarray]:
-    from raysisa.methods.sisa import shard_groups
-
-    return shard_groups(run, ids)
 
 
 def compare(

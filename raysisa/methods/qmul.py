@@ -26,8 +26,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from raysisa.training import derive_seed
 from raysisa.methods.base import Need, OptimArgs, Phase, Split, UnlearnContext, UnlearnMethod, register_method
+from raysisa.methods.random_label import random_labels
 
 __all__ = ["similar_labels", "agr_weights", "mean_gradient_norm", "Qmul"]
 
@@ -102,7 +102,7 @@ class QmulArgs(OptimArgs):
     agr_max_retain_batches: int | None = Field(None, ge=1)
 
 
-def _weighted_ce(weight: float):  # noqa: ANN202
+def _weighted_ce(weight: float):
     return lambda model, x, y: weight * nn.functional.cross_entropy(model(x), y)
 
 
@@ -118,9 +118,7 @@ class Qmul(UnlearnMethod):
     base_needs = frozenset({Need.FORGET, Need.RETAIN})
 
     def prepare(self, ctx: UnlearnContext) -> None:
-        forget = ctx.split(Need.FORGET)
-        generator = torch.Generator().manual_seed(derive_seed(ctx.seed, 11))
-        self.random = torch.randint(0, ctx.info.num_classes, (len(forget),), generator=generator)
+        self.random = random_labels(ctx)  # used when similar_labels is off (the RL ablation)
         self.history: list[dict[str, float]] = []
         ctx.notes["epochs"] = self.history
 

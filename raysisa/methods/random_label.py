@@ -25,6 +25,12 @@ class RandomLabelArgs(LocalizedArgs):
     loop: Literal["sequential", "mixed"] = "sequential"
 
 
+def random_labels(ctx: UnlearnContext) -> torch.Tensor:
+    """A seeded uniform label in [0, C) for every forget sample (it may equal the true one)."""
+    generator = torch.Generator().manual_seed(derive_seed(ctx.seed, 11))
+    return torch.randint(0, ctx.info.num_classes, (len(ctx.split(Need.FORGET)),), generator=generator)
+
+
 @register_method
 class RandomLabel(LocalizedMethod):
     name = "random_label"
@@ -34,9 +40,7 @@ class RandomLabel(LocalizedMethod):
 
     def prepare(self, ctx: UnlearnContext) -> None:
         super().prepare(ctx)
-        forget = ctx.split(Need.FORGET)
-        generator = torch.Generator().manual_seed(derive_seed(ctx.seed, 11))
-        self.labels = torch.randint(0, ctx.info.num_classes, (len(forget),), generator=generator)
+        self.labels = random_labels(ctx)
 
     def phases(self, ctx: UnlearnContext, epoch: int) -> list[Phase]:
         forget, retain = ctx.split(Need.FORGET), ctx.split(Need.RETAIN)

@@ -179,7 +179,7 @@ class ShardWorker:
         y = torch.cat([p[1] for p in parts])
         plan = slice_epochs(spec.train.epochs, spec.sharding.num_slices)
         offset = sum(plan[: r - 1])
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         loss_sum, seen = 0.0, 0
         for epoch in range(plan[r - 1]):
             for group in optimizer.param_groups:
@@ -195,7 +195,7 @@ class ShardWorker:
                 device=self.device,
             )
             loss_sum, seen = loss_sum + stats.loss_sum, seen + stats.samples
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
 
         opt_tensors, opt_meta = optimizer_tensors(optimizer)
         tensors = {**{f"model/{k}": v for k, v in model.state_dict().items()}, **opt_tensors}
@@ -205,6 +205,7 @@ class ShardWorker:
             "samples": len(x),
             "sample_grads": plan[r - 1] * len(x),
             "train_seconds": seconds,
+            "train_cpu_seconds": cpu_seconds,  # steadier than wall time on a loaded machine
             "parent": refs[r - 1].key,
         }
         run.store.checkpoints.put(refs[r], tensors, self._manifest(run, refs[r], ids[:r], tensors, extra))

@@ -63,7 +63,7 @@ class ObjectStore:
     def __repr__(self) -> str:
         return f"ObjectStore({self.config.uri!r})"
 
-    def __reduce__(self):  # noqa: ANN204 - travel to Ray actors as configuration only
+    def __reduce__(self):
         return (ObjectStore, (self.config,))
 
     def path(self, key: str) -> str:

@@ -71,7 +71,7 @@ class RunStore:
         self.overlays = CheckpointStore(self.objects, prefix="approx")
         self._manifest: dict[str, Any] | None = None
 
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (RunStore, (self.objects.config,))
 
     @property

@@ -192,3 +192,55 @@ def test_quantized_model_trains_in_the_shared_loop():
     opt = build_optimizer(model, TrainConfig(lr=0.05))
     losses = [train_epoch(model, opt, x, y, batch_size=16, seed=e).mean_loss for e in range(12)]
     assert losses[-1] < losses[0] and np.isfinite(losses).all()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("bits", [2, 8])
+@pytest.mark.parametrize("model_name", ["small_cnn", "resnet18", "mobilenet_v2"])
+def test_every_model_trains_at_every_bit_width(scheme, bits, model_name):
+    config = ModelConfig(name=model_name, width=8, quant=QuantConfig(scheme=scheme, w_bits=bits, a_bits=8))
+    torch.manual_seed(0)
+    model = build_model(INFO, config).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    export = export_integers(model, config)
+    assert all(c.unique().numel() <= 2**bits for c in export.codes.values())
+
+
+@pytest.mark.parametrize("name", ["finetune", "grad_ascent", "neggrad_plus", "random_label", "l1_sparse", "del", "influence", "qmul", "ohs"])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_every_method_runs_on_quantized_models(name, scheme):
+    from raysisa.methods import get_method, run_method
+    from raysisa.methods.engine import make_context
+
+    config = ModelConfig(width=8, quant=QuantConfig(scheme=scheme, w_bits=4, a_bits=8))
+    torch.manual_seed(0)
+    model = build_model(INFO, config)
+    x, y, ids = torch.randn(24, 3, 16, 16), torch.randint(0, 10, (24,)), np.arange(24)
+    method = get_method(name, {"epochs": 1, "batch_size": 8} if name != "influence" else {"samples": 4})
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    ctx = make_context(method, model, INFO, config, 0, x=x, y=y, ids=ids, forget_ids=ids[:6], init_state=init)
+    run_method(method, ctx)
+    assert any(not torch.equal(init[k], v) for k, v in model.state_dict().items())
+    export = export_integers(model, config)
+    assert all(c.unique().numel() <= 16 for c in export.codes.values())  # still on the 4-bit grid
+
+
+def test_compare_on_a_quantized_model(tmp_path):
+    from raysisa import LocalPool
+    from raysisa.evaluation import compare
+
+    job = parse_config(
+        {"compare": {"methods": ["qmul", "rl"], "variants": {"rl": {"method": "qmul", "args": {"similar_labels": False, "agr": False}}},
+                     "method_args": {"qmul": {"epochs": 1}}}},
+        ["data.limit=300", "sharding.num_shards=1", "sharding.num_slices=1", "train.epochs=4", "model.width=8",
+         "model.quant.w_bits=4", "model.quant.scheme=lsq"],
+    )
+    report = compare(job, StoreConfig(uri=str(tmp_path)), LocalPool())
+    assert [r.method for r in report.results] == ["original", "retrain", "qmul", "rl"]
+    assert report.job["model"]["quant"]["w_bits"] == 4

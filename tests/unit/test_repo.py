@@ -40,3 +40,13 @@ def test_public_api_names_are_not_shadowed_by_subpackages():
     for name in ("train", "unlearn", "evaluate", "inspect", "compare"):
         assert pyinspect.isfunction(getattr(raysisa, name)), name
     assert all(hasattr(raysisa, name) for name in raysisa.__all__)
+
+
+def test_lint_is_clean():
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    result = subprocess.run([ruff, "check", "raysisa", "bench", "tests"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

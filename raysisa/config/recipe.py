@@ -1,0 +1,222 @@
+"""What to train: data, sharding, model (and its quantization), the training recipe, and
+the :class:`RunSpec` that bundles them. :meth:`RunSpec.fingerprint` hashes every field that
+can change trained weights; it is part of every slice checkpoint key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from raysisa.config.base import ConfigModel, registered
+
+__all__ = [
+    "PoisonConfig",
+    "DataConfig",
+    "ShardingConfig",
+    "QuantConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "slice_epochs",
+    "RunSpec",
+]
+
+
+class PoisonConfig(ConfigModel):
+    """Backdoor poisoning of the training data (SPEC 3.5), applied when the data is loaded.
+
+    A seeded ``fraction`` of the training samples get a ``patch`` x ``patch`` square of
+    grey level ``value`` stamped ``margin`` pixels from the bottom-right corner and are
+    relabelled to class ``target``. Their ids form the ``backdoor`` forget set.
+
+    Args:
+        fraction: share of training samples poisoned (Unlearn-Sparse: 0.1).
+        target: class the trigger maps to.
+        patch: side of the square trigger in pixels (4 for 32x32 CIFAR).
+        margin: distance from the bottom and right edges.
+        value: grey level 0..255 of the trigger (0, black, as in Unlearn-Sparse; use 255
+            on digits, whose background is black).
+        seed: which samples are poisoned.
+    """
+
+    fraction: float = Field(0.1, gt=0, lt=1)
+    target: int = Field(0, ge=0)
+    patch: int = Field(4, ge=1)
+    margin: int = Field(2, ge=0)
+    value: int = Field(0, ge=0, le=255)
+    seed: int = 0
+
+
+class DataConfig(ConfigModel):
+    """Where the samples come from.
+
+    Args:
+        source: a registered data source (``digits``, ``parquet``, ``cifar10``, ``cifar100``,
+            ``svhn``); see :func:`raysisa.data.list_sources`.
+        uri: for ``parquet``: an fsspec URI of a folder holding ``train.parquet`` and
+            optionally ``test.parquet`` (or ``train/`` and ``test/`` folders of Parquet files).
+        data_dir: for torchvision sources: the folder holding the dataset's files.
+        download: let torchvision sources download missing files (needs network).
+        test_fraction: share of samples held out for testing when a source has no test split.
+        split_seed: seed of that hold-out split and of ``limit`` subsampling.
+        limit: keep only this many training samples (a seeded random subset).
+        test_limit: keep only this many test samples.
+        verify_checksums: check torchvision files against their published md5 sums.
+        storage_options: fsspec options for ``uri`` (e.g. S3 ``client_kwargs``).
+        poison: backdoor-poison part of the training data (see :class:`PoisonConfig`).
+    """
+
+    source: str = "digits"
+    uri: str | None = None
+    data_dir: str | None = None
+    download: bool = False
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    split_seed: int = 0
+    limit: int | None = Field(None, ge=1)
+    test_limit: int | None = Field(None, ge=1)
+    verify_checksums: bool = True
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    poison: PoisonConfig | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        from raysisa.data.sources import SOURCES
+
+        return registered(SOURCES, value)
+
+    def identity(self) -> dict[str, Any]:
+        """Fields that decide *which* samples are used (not where the files live)."""
+        return self.model_dump(mode="json", exclude={"uri", "data_dir", "download", "verify_checksums", "storage_options"})
+
+
+class ShardingConfig(ConfigModel):
+    """How samples are split into ``num_shards`` shards of ``num_slices`` slices each."""
+
+    num_shards: int = Field(5, ge=1, le=100_000)
+    num_slices: int = Field(4, ge=1, le=100_000)
+    seed: int = 0
+
+
+class QuantConfig(ConfigModel):
+    """Quantization-aware training of every shard model (SPEC 4.2).
+
+    Args:
+        scheme: a registered quantization scheme (``lsq``, ...).
+        w_bits: weight bit width: 2, 4, 8, or 32 (full precision).
+        a_bits: bit width of the inputs of quantized convolutions: 2, 4, 8 or 32.
+    """
+
+    scheme: str = "lsq"
+    w_bits: int = 4
+    a_bits: int = 8
+
+    @field_validator("scheme")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        from raysisa.quant.schemes import SCHEMES
+
+        return registered(SCHEMES, value)
+
+    @field_validator("w_bits", "a_bits")
+    @classmethod
+    def _supported_bits(cls, value: int) -> int:
+        from raysisa.quant.schemes import SUPPORTED_BITS
+
+        if value not in SUPPORTED_BITS:
+            raise ValueError(f"unsupported bit width {value}; supported: {', '.join(map(str, SUPPORTED_BITS))} (32 = full precision)")
+        return value
+
+
+class ModelConfig(ConfigModel):
+    """Which network each shard trains.
+
+    Args:
+        name: a registered model (``small_cnn``, ``resnet18``, ``mobilenet_v2``).
+        width: base channel width of ``small_cnn`` (ignored by the torchvision models).
+        quant: train with quantization (QAT) at these bit widths (``None``: full precision).
+    """
+
+    name: str = "small_cnn"
+    width: int = Field(32, ge=1, le=4096)
+    quant: QuantConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from raysisa.models import MODELS
+
+        return registered(MODELS, value)
+
+
+class TrainConfig(ConfigModel):
+    """The training recipe of every shard (SPEC section 1.2).
+
+    ``epochs`` is the budget *e* over the whole shard; slice *r* of *R* trains
+    ``slice_epochs(e, R)[r-1]`` epochs on the cumulative data of slices 1..r.
+
+    Args:
+        epochs: epoch budget e per shard.
+        batch_size: mini-batch size.
+        lr: learning rate of SGD.
+        momentum: SGD momentum (its buffers are checkpointed with every slice).
+        weight_decay: L2 weight decay.
+        lr_schedule: ``constant``, or ``cosine`` over the shard's whole epoch budget.
+        augment: random crop (4 px padding) and horizontal flip, seeded per epoch.
+        seed: seed of the initial weights and of every epoch's shuffle.
+        threads: torch CPU threads per shard. Part of the fingerprint, since the thread
+            count can change floating-point summation order.
+    """
+
+    epochs: int = Field(20, ge=1, le=100_000)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    augment: bool = False
+    seed: int = 0
+    threads: int = Field(1, ge=1, le=256)
+
+
+def slice_epochs(epochs: int, num_slices: int) -> list[int]:
+    """Epochs for slices 1..R so the whole shard costs ``epochs`` full passes (SPEC 1.2).
+
+    With ē = 2e/(R+1), slice r trains ⌊r·ē⌋ − ⌊(r−1)·ē⌋ epochs on its cumulative data.
+    Integer arithmetic keeps it exact: ⌊r·2e/(R+1)⌋.
+    """
+    bound = [(r * 2 * epochs) // (num_slices + 1) for r in range(num_slices + 1)]
+    return [bound[r] - bound[r - 1] for r in range(1, num_slices + 1)]
+
+
+class RunSpec(ConfigModel):
+    """Everything that determines the trained shard models."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    sharding: ShardingConfig = Field(default_factory=ShardingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _every_slice_trains(self) -> RunSpec:
+        plan = slice_epochs(self.train.epochs, self.sharding.num_slices)
+        if min(plan) == 0:
+            needed = (self.sharding.num_slices + 1 + 1) // 2
+            raise ValueError(
+                f"train.epochs={self.train.epochs} is too small for {self.sharding.num_slices} slices: "
+                f"the epoch schedule {plan} gives some slices 0 epochs; use epochs >= {needed} "
+                "or fewer slices"
+            )
+        return self
+
+    def fingerprint(self) -> str:
+        """sha256 over every field that can change the trained weights."""
+        ident = {
+            "data": self.data.identity(),
+            "sharding": self.sharding.to_dict(),
+            "model": self.model.to_dict(),
+            "train": self.train.to_dict(),
+        }
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()

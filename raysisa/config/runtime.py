@@ -1,0 +1,56 @@
+"""Where a run lives and runs: the object store and the Ray cluster. Not part of the
+fingerprint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from raysisa.config.base import ConfigModel
+
+__all__ = ["ClusterConfig", "StoreConfig"]
+
+
+class ClusterConfig(ConfigModel):
+    """Where and how shard actors run. Not part of the fingerprint.
+
+    Args:
+        address: Ray address to connect to; ``None`` means ``RAY_ADDRESS`` if set, else a
+            new local cluster.
+        cpus_per_shard: logical CPUs reserved by each shard actor; ``None`` spreads the
+            cluster's CPUs over the shards (at most 1 each) so every actor can start.
+        gpus_per_shard: GPU fraction reserved by each shard actor (0 trains on CPU).
+        max_restarts: how often Ray restarts a dead shard actor (-1: forever).
+        max_concurrent: shards training at the same time; ``None`` means the cluster's CPUs
+            divided by ``train.threads``.
+    """
+
+    address: str | None = None
+    cpus_per_shard: float | None = Field(None, gt=0)
+    gpus_per_shard: float = Field(0.0, ge=0)
+    max_restarts: int = Field(3, ge=-1)
+    max_concurrent: int | None = Field(None, ge=1)
+
+
+class StoreConfig(ConfigModel):
+    """An object store location: any fsspec URI (a local folder, ``file://``, ``s3://``,
+    ``memory://``).
+
+    Args:
+        uri: the run's root.
+        endpoint_url: S3 endpoint override for S3-compatible servers (MinIO, moto, Ceph).
+            ``AWS_ENDPOINT_URL`` in the environment works too.
+        storage_options: extra keyword arguments for the fsspec filesystem.
+    """
+
+    uri: str
+    endpoint_url: str | None = None
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("uri")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("store URI is empty")
+        return value
