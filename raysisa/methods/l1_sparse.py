@@ -46,7 +46,8 @@ class L1Sparse(UnlearnMethod):
         gamma = l1_gamma(self.args.gamma, epoch, self.args.epochs, self.args.gamma_schedule)
 
         def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            l1 = sum(p.abs().sum() for p in model.parameters())
-            return nn.functional.cross_entropy(model(x), y) + gamma * l1
+            # Forward first: an uninitialised LSQ quantizer sets its step size in place on it.
+            ce = nn.functional.cross_entropy(model(x), y)
+            return ce + gamma * sum(p.abs().sum() for p in model.parameters())
 
         return [Phase(retain.x, retain.y, loss)]
