@@ -151,12 +151,44 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(result: dict, path: Path) -> None:
+    """Served test accuracy after each request against cumulative apply time, one line per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_request, by_time) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, r in result["policies"].items():
+        t = r["timeline"]
+        by_request.plot([p["request"] + 1 for p in t], [p["accuracy"] for p in t], label=label, lw=1.2)
+        by_time.plot([p["applied_seconds"] for p in t], [p["accuracy"] for p in t], lw=1.2)
+    first = next(iter(result["policies"].values()))["timeline"]
+    for i, p in enumerate(p for p in first if p["ids"] > 1):
+        by_request.axvline(p["request"] + 1, color="grey", ls="--", lw=0.8, label="class-wise burst" if i == 0 else None)
+    by_request.set_xlabel("requests applied")
+    by_time.set_xlabel("cumulative apply time (s)")
+    for ax in (by_request, by_time):
+        ax.set_ylabel("served test accuracy (%)")
+        ax.grid(alpha=0.3)
+    by_request.legend(fontsize=8, loc="lower left")
+    fig.suptitle(f"{result['dataset']}: served accuracy over a deletion stream")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="digits,cifar10")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--from-json", action="store_true", help="re-render tables and plots from bench/results/hybrid.json")
     args = parser.parse_args()
+    out = ROOT / "bench" / "results"
+    if args.from_json:
+        saved = json.loads((out / "hybrid.json").read_text())
+        return publish(saved["meta"], saved["results"], out, write=not args.no_write)
     names = args.datasets.split(",")
     if "cifar10" in names and not CIFAR.exists():
         sys.exit(f"{CIFAR} not found")
@@ -174,12 +206,21 @@ def main() -> None:
         "request (window 0); DPUS = neggrad_plus (2 epochs, lr 0.01), OHS lr 0.1 x the training lr; debt bounds off so "
         "approximate debt accumulates until the final restoration. Accuracy is the served ensemble's (vote) on the test split."
     )
-    out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "hybrid.json").write_text(json.dumps(results, indent=1))
-    body = meta + "\n\n" + "\n\n".join(markdown(r) for r in results)
+    (out / "hybrid.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    publish(meta, results, out, write=not args.no_write)
+
+
+def publish(meta: str, results: list[dict], out: Path, write: bool) -> None:
+    """Print the tables, draw one accuracy plot per data set and (unless told not to) update BENCHMARKS.md."""
+    parts = [meta]
+    for result in results:
+        png = out / f"hybrid_{result['dataset']}.png"
+        plot(result, png)
+        parts.append(markdown(result) + f"\n\nAccuracy over the stream: [`{png.relative_to(ROOT)}`]({png.relative_to(ROOT)}).")
+    body = "\n\n".join(parts)
     print(body)
-    if not args.no_write:
+    if write:
         write_section(ROOT / "BENCHMARKS.md", "hybrid", body)
 
 

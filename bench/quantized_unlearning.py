@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from bench.report import write_section  # noqa: E402
 from raysisa import LocalPool, StoreConfig, parse_config  # noqa: E402
 from raysisa.evaluation import compare  # noqa: E402
+from raysisa.evaluation.compare import CompareReport  # noqa: E402
 from raysisa.evaluation.report import markdown_table  # noqa: E402
 
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--section", default="quantized_unlearning", help="BENCHMARKS.md section to write")
+    parser.add_argument("--reuse", default="", help="bit widths to read from this section's saved results instead of rerunning")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if not CIFAR.exists():
@@ -76,11 +78,19 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     import torch
 
+    out = ROOT / "bench" / "results"
+    saved = json.loads((out / f"{args.section}.json").read_text()) if args.reuse else {}
+    reused = [int(b) for b in args.reuse.split(",") if b]
     reports, sections = {}, []
     with tempfile.TemporaryDirectory(prefix="raysisa-quant-") as tmp:
         for bits in (int(b) for b in args.bits.split(",")):
             started = time.perf_counter()
-            report = compare(job(bits, args, seeds), StoreConfig(uri=f"{tmp}/w{bits}"), LocalPool(), progress=True)
+            if bits in reused:  # same job, read back from the previous run
+                report = CompareReport.from_dict(saved[str(bits)])
+                if report.job != job(bits, args, seeds).to_dict():
+                    sys.exit(f"saved {bits}-bit results were made with another job; rerun without --reuse {bits}")
+            else:
+                report = compare(job(bits, args, seeds), StoreConfig(uri=f"{tmp}/w{bits}"), LocalPool(), progress=True)
             reports[bits] = report
             label = "full precision" if bits == 32 else f"W{bits}A8 (LSQ)"
             print(f"{label}: {time.perf_counter() - started:.0f}s\n{markdown_table(report)}", flush=True)
@@ -105,9 +115,9 @@ def main() -> None:
         f"full precision), {args.epochs} epochs; random 10% forgetting; seeds {seeds}. Methods at their defaults "
         "(Q-MUL: lr 0.01, 10 epochs, cosine, sequential loop); `rl`, `rl+sl`, `rl+agr` are Q-MUL with its parts "
         "switched off. Gaps are to a QAT retrain at the same bit width; metrics on the exported integer model."
+        + (f" Rows at {reused} bits read back from the previous run of the same job (`--reuse`)." if reused else "")
     )
     body = meta + "\n\n" + "\n".join(findings) + "\n\n" + "\n\n".join(sections)
-    out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / f"{args.section}.json").write_text(json.dumps({b: r.to_dict() for b, r in reports.items()}, indent=1, default=float))
     print(body)

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -113,6 +113,19 @@ class CompareReport:
             "results": [{**asdict(r), "rte_seconds": r.rte_seconds} for r in self.results],
             "summary": self.summary(),
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompareReport:
+        """Read back what :meth:`to_dict` wrote (``report.json``); derived fields are recomputed."""
+        names = {f.name for f in fields(MethodResult)}
+        return cls(
+            name=data["name"],
+            store=data["store"],
+            job=data["job"],
+            forget_sets={int(k): v for k, v in data["forget_sets"].items()},
+            results=[MethodResult(**{k: v for k, v in r.items() if k in names}) for r in data["results"]],
+            evaluation_sets=data["evaluation_sets"],
+        )
 
 
 def resolve_methods(config: CompareConfig, names: list[str] | None = None) -> dict[str, UnlearnMethod]:

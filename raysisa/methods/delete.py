@@ -68,8 +68,9 @@ class Del(UnlearnMethod):
     def prepare(self, ctx: UnlearnContext) -> None:
         selected = train_mask(ctx, self.args.alpha, self.args.h_frac, exempt_classifier=False)
         reset = self._reset_values(ctx)
-        for name, param in ctx.model.named_parameters():
-            param.copy_(torch.where(selected[name], reset[name].to(param.device), param))
+        params = dict(ctx.model.named_parameters())
+        for name, keep in selected.items():  # quantizer state is never selected, never reset
+            params[name].copy_(torch.where(keep, reset[name].to(params[name].device), params[name]))
         trainable = dict(selected)
         if self.args.exempt_classifier:
             for name in classifier_names(ctx.model):

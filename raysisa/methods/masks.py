@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raysisa.quant import quantizer_parameter_names
+
 __all__ = [
     "MaskHook",
     "omp_prune",
@@ -133,13 +135,16 @@ def localize(
        keep element-wise |S|.
     3. Select the global top ⌊alpha · N⌋ entries over all parameters (no per-layer quota).
 
-    Returns a mask with exactly ⌊alpha · N⌋ ``True`` entries.
+    Returns a mask with exactly ⌊alpha · N⌋ ``True`` entries. On a quantized model the
+    quantizer state (step sizes, scales) is not a candidate and is left out of the mask
+    (so it stays trainable): resetting a step size to a fresh value would wipe its layer.
     """
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha must be in (0, 1], got {alpha}")
     was_training = model.training
     model.eval()
-    params = dict(model.named_parameters())
+    quantizer = quantizer_parameter_names(model)
+    params = {n: p for n, p in model.named_parameters() if n not in quantizer}
     scores = {n: torch.zeros_like(p) for n, p in params.items()}
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     n_batches = max(1, len(x) // batch_size)

@@ -1,6 +1,7 @@
 """Quantization-aware training: schemes (LSQ, Brevitas), quantized layers, integer export."""
 
 from raysisa.quant.export import IntegerExport, export_integers, is_quantized, model_from_integers
+from raysisa.quant.modules import quantizer_parameter_names
 from raysisa.quant.schemes import SCHEMES, SUPPORTED_BITS, Scheme, get_scheme, list_schemes, register_scheme
 
 __all__ = [
@@ -13,5 +14,6 @@ __all__ = [
     "is_quantized",
     "list_schemes",
     "model_from_integers",
+    "quantizer_parameter_names",
     "register_scheme",
 ]

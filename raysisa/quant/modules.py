@@ -86,5 +86,21 @@ def quantize_model(
     return model
 
 
+_WEIGHT_MODULES = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def quantizer_parameter_names(model: nn.Module) -> set[str]:
+    """Parameters that are quantizer state (LSQ step sizes, Brevitas scales), not network
+    weights: every parameter not owned directly by a conv, linear or normalisation layer.
+    Empty for a full-precision model of the registry."""
+    weights = {
+        f"{mod_name}.{p}" if mod_name else p
+        for mod_name, mod in model.named_modules()
+        if isinstance(mod, _WEIGHT_MODULES)
+        for p, _ in mod.named_parameters(recurse=False)
+    }
+    return {name for name, _ in model.named_parameters() if name not in weights}
+
+
 def quantized_layers(model: nn.Module) -> dict[str, QuantConv2d]:
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, QuantConv2d)}

@@ -9,6 +9,7 @@ from PIL import Image
 from raysisa import LocalPool, StoreConfig, parse_config
 from raysisa.errors import ConfigError
 from raysisa.evaluation import compare
+from raysisa.evaluation.compare import CompareReport
 from raysisa.store import ObjectStore
 
 BASE = ["data.limit=400", "train.epochs=10", "model.width=8", "train.batch_size=32"]
@@ -35,6 +36,7 @@ def test_classwise_single_model_with_two_seeds(tmp_path):
     assert "| retrain |" in md and "±" in md  # two seeds give mean ± std
     data = json.loads(objects.get_bytes("reports/cw/report.json"))
     assert {r["seed"] for r in data["results"]} == {0, 1}
+    assert CompareReport.from_dict(data).to_dict() == report.to_dict()  # report.json reads back
     assert data["job"]["compare"]["method_args"]["finetune"]["epochs"] == 2
     rl = next(r for r in data["results"] if r["method"] == "random_label")
     assert rl["args"]["lr"] == 0.05 and rl["args"]["loop"] == "sequential"  # every hyperparameter

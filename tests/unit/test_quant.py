@@ -244,3 +244,27 @@ def test_compare_on_a_quantized_model(tmp_path):
     report = compare(job, StoreConfig(uri=str(tmp_path)), LocalPool())
     assert [r.method for r in report.results] == ["original", "retrain", "qmul", "rl"]
     assert report.job["model"]["quant"]["w_bits"] == 4
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_del_never_resets_quantizer_state(scheme):
+    """A fresh quantizer's step size would wipe its layer: DEL resets weights, not quantizers."""
+    from raysisa.methods import get_method, run_method
+    from raysisa.methods.engine import make_context
+    from raysisa.quant import quantizer_parameter_names
+
+    assert quantizer_parameter_names(build_model(INFO, ModelConfig(width=8))) == set()
+    config = ModelConfig(width=8, quant=QuantConfig(scheme=scheme, w_bits=4, a_bits=8))
+    torch.manual_seed(0)
+    model = build_model(INFO, config)
+    x, y, ids = torch.randn(24, 3, 16, 16), torch.randint(0, 10, (24,)), np.arange(24)
+    model.train()(x)  # initialise the quantizers as training does
+    names = quantizer_parameter_names(model)
+    assert names
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    method = get_method("del", {"alpha": 1.0, "epochs": 0})  # select everything, reset only
+    ctx = make_context(method, model, INFO, config, 0, x=x, y=y, ids=ids, forget_ids=ids[:6])
+    run_method(method, ctx)
+    after = dict(model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in names)
+    assert all(not torch.equal(before[n], after[n]) for n in after if n not in names and n.endswith("weight") and after[n].ndim > 1)
