@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
 from raysisa import SisaRun, StoreConfig, parse_config  # noqa: E402
-from raysisa.config import ClusterConfig, CoordinatorConfig  # noqa: E402
+from raysisa.config import ClusterConfig, CoordinatorConfig, OhsConfig  # noqa: E402
 from raysisa.coordinator import submit  # noqa: E402
 from raysisa.coordinator.service import Coordinator  # noqa: E402
 from raysisa.evaluation.scenarios import train_labels  # noqa: E402
@@ -118,6 +118,8 @@ def bench(name: str, workdir: Path, pool_cluster: ClusterConfig, seed: int, swee
         initial = run.evaluate(pool=pool).accuracy
         requests = stream(run, recipe["singles"], recipe["bursts"], recipe["burst_share"], seed)
         policies = dict(POLICIES)
+        # OHS's fine-tuning budget (default: rho x a full retrain) against a smaller one
+        policies["OHS budget=0.2"] = POLICIES["OHS"].model_copy(update={"ohs": OhsConfig(budget=0.2)})
         if sweep:
             for rho in (0.3, 0.8):
                 policies[f"HS rho={rho}"] = POLICIES["HS"].model_copy(update={"rho": rho})
