@@ -115,7 +115,7 @@ def main() -> None:
         f"full precision), {args.epochs} epochs; random 10% forgetting; seeds {seeds}. Methods at their defaults "
         "(Q-MUL: lr 0.01, 10 epochs, cosine, sequential loop); `rl`, `rl+sl`, `rl+agr` are Q-MUL with its parts "
         "switched off. Gaps are to a QAT retrain at the same bit width; metrics on the exported integer model."
-        + (f" Rows at {reused} bits read back from the previous run of the same job (`--reuse`)." if reused else "")
+        + (f" Rows at {', '.join(map(str, reused))} bits read back from the previous run of the same job (`--reuse`)." if reused else "")
     )
     body = meta + "\n\n" + "\n".join(findings) + "\n\n" + "\n\n".join(sections)
     out.mkdir(exist_ok=True)
