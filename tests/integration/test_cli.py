@@ -124,6 +124,34 @@ def test_compare_command_in_ray_actors(tmp_path, capsys, ray_cluster):
     assert code == 2 and "unknown unlearning method 'sisa_magic'" in err
 
 
+def test_quantized_runs_from_the_cli(tmp_path, capsys, ray_cluster):
+    """--bits/--scheme on train (then exact unlearning of the 4-bit run) and on compare."""
+    store, reference = str(tmp_path / "q"), str(tmp_path / "q-ref")
+    quant = ["--bits", "4", "--scheme", "brevitas"]
+    code, out, err = run(capsys, "train", "--store", store, *SET, *quant, "--json")
+    assert code == 0, err
+    ids = pick(StoreConfig(uri=store), [(2, 1, 0)])
+    code, out, err = run(capsys, "unlearn", "--store", store, "--ids", str(ids[0]), "--json")
+    assert code == 0 and json.loads(out)["deleted"] == ids
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text(f"{ids[0]}\n")
+    assert run(capsys, "train", "--store", reference, *SET, *quant, "--exclude-ids-file", str(ids_file))[0] == 0
+    infos = [json.loads(run(capsys, "inspect", "--store", location, "--json")[1]) for location in (store, reference)]
+    assert infos[0]["config"]["model"]["quant"] == {"scheme": "brevitas", "w_bits": 4, "a_bits": 8}
+    assert [s["model_sha256"] for s in infos[0]["shards"]] == [s["model_sha256"] for s in infos[1]["shards"]]
+
+    config = tmp_path / "compare.yaml"
+    config.write_text("data: {limit: 200}\nsharding: {num_shards: 1, num_slices: 1}\nmodel: {width: 8}\ntrain: {epochs: 4, batch_size: 32}\n"
+                      "compare: {method_args: {qmul: {epochs: 1}}}\n")
+    code, out, err = run(capsys, "compare", "--config", str(config), "--store", str(tmp_path / "c"), "--methods", "qmul", "--bits", "2", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["job"]["model"]["quant"]["w_bits"] == 2
+    assert {r["method"] for r in report["results"]} == {"original", "retrain", "qmul"}
+    code, _, err = run(capsys, "train", "--store", str(tmp_path / "bad"), *SET, "--bits", "3")
+    assert code == 2 and "w_bits" in err
+
+
 @pytest.mark.parametrize("command", ["demo", "train", "unlearn", "evaluate", "inspect", "compare", "forget", "requests", "coordinator", "subjects"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
