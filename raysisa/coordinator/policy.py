@@ -139,16 +139,17 @@ def _update(work: ShardWork, config: CoordinatorConfig, ohs: bool, reason: str) 
     return ApplyMethod(work.shard, method, dict(args), work.ohs_slices if ohs else 0, reason)
 
 
-def _debt(work: ShardWork, config: CoordinatorConfig) -> str | None:
-    if work.approx_updates >= config.max_approx_updates:
-        return f"debt bound: {work.approx_updates} approximate updates (max {config.max_approx_updates})"
-    if work.drift is not None and work.drift > config.max_drift_points:
-        return f"debt bound: accuracy drifted {work.drift:.2f} points (max {config.max_drift_points})"
+def debt_reason(approx_updates: int, drift: float | None, config: CoordinatorConfig) -> str | None:
+    """Why a shard must be retrained now (a debt bound it reached), or ``None``."""
+    if approx_updates >= config.max_approx_updates:
+        return f"debt bound: {approx_updates} approximate updates (max {config.max_approx_updates})"
+    if drift is not None and drift > config.max_drift_points:
+        return f"debt bound: accuracy drifted {drift:.2f} points (max {config.max_drift_points})"
     return None
 
 
 def _hybrid(work: ShardWork, config: CoordinatorConfig, ohs: bool) -> Decision:
-    debt = _debt(work, config)
+    debt = debt_reason(work.approx_updates, work.drift, config)
     if debt:
         return _retrain(work, debt)
     ratio = work.retrain_grads / max(work.full_grads, 1)
@@ -183,7 +184,7 @@ def partial_retraining(work: ShardWork, config: CoordinatorConfig) -> Decision:
 @POLICIES.register("dpus")
 def direct_update(work: ShardWork, config: CoordinatorConfig) -> Decision:
     """DPUS only: always update directly (exactness restored by the background job)."""
-    debt = _debt(work, config)
+    debt = debt_reason(work.approx_updates, work.drift, config)
     return _retrain(work, debt) if debt else _update(work, config, False, "policy dpus: always update")
 
 

@@ -36,9 +36,10 @@ import torch
 
 from raysisa.config import CoordinatorConfig, StoreConfig
 from raysisa.coordinator.ledger import Ledger, Request, now, parse_time
-from raysisa.coordinator.policy import ShardWork, decide, ohs_slices
+from raysisa.coordinator.policy import ShardWork, debt_reason, decide, ohs_slices
 from raysisa.data.tensors import to_tensors
 from raysisa.errors import StaleStateError
+from raysisa.evaluation.metrics import accuracy
 from raysisa.methods import get_method
 from raysisa.quant import is_quantized
 from raysisa.sisa.cost import retrain_cost
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 
 
 def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: np.ndarray) -> float:
-    return 100.0 * float((predict_proba(model, x).numpy().argmax(axis=1) == y).mean())
+    return accuracy(predict_proba(model, x).numpy(), y)
 
 
 class Coordinator:
@@ -321,8 +322,7 @@ class Coordinator:
         out = []
         for ref in self.store.overlays.list():
             meta = self.store.overlays.manifest(ref)
-            drift = meta["exact_accuracy"] - meta["accuracy"]
-            if meta["updates"] >= self.config.max_approx_updates or drift > self.config.max_drift_points:
+            if debt_reason(meta["updates"], meta["exact_accuracy"] - meta["accuracy"], self.config):
                 out.append(ref.shard)
         return out
 

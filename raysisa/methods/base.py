@@ -208,3 +208,8 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.T
 def negated(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """The same loss with its sign flipped (gradient ascent)."""
     return lambda model, *batch: -loss(model, *batch)
+
+
+def scaled(loss: Callable[..., torch.Tensor], weight: float) -> Callable[..., torch.Tensor]:
+    """The same loss times ``weight`` (e.g. AGR's per-split weights)."""
+    return lambda model, *batch: weight * loss(model, *batch)

@@ -10,7 +10,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from raysisa.methods.base import Need, OptimArgs, Phase, UnlearnContext, UnlearnMethod, register_method
+from raysisa.methods.base import Need, OptimArgs, Phase, UnlearnContext, UnlearnMethod, cross_entropy, register_method
 
 
 class L1SparseArgs(OptimArgs):
@@ -47,7 +47,7 @@ class L1Sparse(UnlearnMethod):
 
         def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             # Forward first: an uninitialised LSQ quantizer sets its step size in place on it.
-            ce = nn.functional.cross_entropy(model(x), y)
+            ce = cross_entropy(model, x, y)
             return ce + gamma * sum(p.abs().sum() for p in model.parameters())
 
         return [Phase(retain.x, retain.y, loss)]

@@ -8,7 +8,7 @@ from pydantic import Field
 from torch import nn
 
 from raysisa.training import derive_seed
-from raysisa.methods.base import Need, Phase, Split, UnlearnContext, register_method
+from raysisa.methods.base import Need, Phase, Split, UnlearnContext, cross_entropy, register_method
 from raysisa.methods.localized import LocalizedArgs, LocalizedMethod
 
 
@@ -52,8 +52,8 @@ class NegGradPlus(LocalizedMethod):
 
         def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             fx, fy = forget.next()
-            retain_loss = nn.functional.cross_entropy(model(x), y)
-            forget_loss = nn.functional.cross_entropy(model(fx.to(device)), fy.to(device))
+            retain_loss = cross_entropy(model, x, y)
+            forget_loss = cross_entropy(model, fx.to(device), fy.to(device))
             return beta * retain_loss - (1.0 - beta) * forget_loss
 
         return [Phase(retain.x, retain.y, loss)]

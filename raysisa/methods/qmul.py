@@ -26,7 +26,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from raysisa.methods.base import Need, OptimArgs, Phase, Split, UnlearnContext, UnlearnMethod, register_method
+from raysisa.training import predict_proba
+from raysisa.methods.base import Need, OptimArgs, Phase, Split, UnlearnContext, UnlearnMethod, cross_entropy, register_method, scaled
 from raysisa.methods.random_label import random_labels
 
 __all__ = ["similar_labels", "agr_weights", "mean_gradient_norm", "Qmul"]
@@ -102,10 +103,6 @@ class QmulArgs(OptimArgs):
     agr_max_retain_batches: int | None = Field(None, ge=1)
 
 
-def _weighted_ce(weight: float):
-    return lambda model, x, y: weight * nn.functional.cross_entropy(model(x), y)
-
-
 def _per_sample_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (w * nn.functional.cross_entropy(model(x), y, reduction="none")).sum() / len(y)
 
@@ -125,15 +122,9 @@ class Qmul(UnlearnMethod):
     def _labels(self, ctx: UnlearnContext, forget: Split) -> torch.Tensor:
         if not self.args.similar_labels:
             return self.random
-        model = ctx.model
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            probs = torch.cat([
-                nn.functional.softmax(model(forget.x[i : i + 512].to(ctx.device)), dim=1).cpu()
-                for i in range(0, len(forget), 512)
-            ])
-        model.train(was_training)
+        was_training = ctx.model.training
+        probs = predict_proba(ctx.model, forget.x, device=ctx.device)  # in eval mode, SPEC 4.3
+        ctx.model.train(was_training)
         return similar_labels(probs, forget.y)
 
     def phases(self, ctx: UnlearnContext, epoch: int) -> list[Phase]:
@@ -149,4 +140,4 @@ class Qmul(UnlearnMethod):
         if self.args.loop == "mixed":
             weights = torch.cat([torch.full((len(forget),), w_f), torch.full((len(retain),), w_r)])
             return [Phase(torch.cat([forget.x, retain.x]), torch.cat([labels, retain.y]), _per_sample_ce, extra=(weights,))]
-        return [Phase(forget.x, labels, _weighted_ce(w_f)), Phase(retain.x, retain.y, _weighted_ce(w_r))]
+        return [Phase(forget.x, labels, scaled(cross_entropy, w_f)), Phase(retain.x, retain.y, scaled(cross_entropy, w_r))]
