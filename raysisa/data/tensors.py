@@ -9,21 +9,24 @@ import torch.nn.functional as F
 
 from raysisa.data.samples import DatasetInfo, decode_images
 
-__all__ = ["to_tensors", "random_crop_flip"]
+__all__ = ["to_tensors", "normalize", "random_crop_flip"]
 
 
 def to_tensors(table: pa.Table, info: DatasetInfo) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode and normalise a table: float32 images (N, C, H, W) and int64 labels (N,)."""
-    pixels = decode_images(table, info.channels)
-    if len(pixels) == 0:
-        x = torch.zeros((0, info.channels, info.height, info.width), dtype=torch.float32)
-    else:
-        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
-        mean = torch.tensor(info.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(info.std, dtype=torch.float32).view(1, -1, 1, 1)
-        x = ((x - mean) / std).contiguous()
+    x = normalize(decode_images(table, info.channels), info)
     y = torch.from_numpy(table["label"].to_numpy().astype(np.int64))
     return x, y
+
+
+def normalize(pixels: np.ndarray, info: DatasetInfo) -> torch.Tensor:
+    """uint8 images (N, H, W, C) to normalised float32 (N, C, H, W)."""
+    if len(pixels) == 0:
+        return torch.zeros((0, info.channels, info.height, info.width), dtype=torch.float32)
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    mean = torch.tensor(info.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(info.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return ((x - mean) / std).contiguous()
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 
 from raysisa.data.poison import apply_trigger
 from raysisa.data.samples import decode_images
-from raysisa.data.tensors import to_tensors
+from raysisa.data.tensors import normalize, to_tensors
 from raysisa.evaluation.metrics import Metrics, accuracy, mia_efficacy
 from raysisa.models import build_model
 from raysisa.quant import export_integers, is_quantized, model_from_integers
@@ -73,10 +73,7 @@ class Evaluator:
         poison = spec.data.poison
         if poison is not None:
             victims = test.filter(pc.not_equal(test["label"], poison.target))
-            pixels = apply_trigger(decode_images(victims, self.info.channels), poison)
-            mean = torch.tensor(self.info.mean, dtype=torch.float32).view(1, -1, 1, 1)
-            std = torch.tensor(self.info.std, dtype=torch.float32).view(1, -1, 1, 1)
-            triggered = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+            triggered = normalize(apply_trigger(decode_images(victims, self.info.channels), poison), self.info)
             self.sets["triggered"] = (triggered, np.full(len(victims), poison.target))
         self.num_members = min(len(self.sets["test"][1]), len(self.sets["retain"][1]))
         self._cache: dict[str, dict[str, np.ndarray]] = {}
