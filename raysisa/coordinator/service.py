@@ -31,12 +31,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from raysisa.config import CoordinatorConfig, StoreConfig
 from raysisa.coordinator.ledger import Ledger, Request, now, parse_time
 from raysisa.coordinator.policy import ShardWork, debt_reason, decide, ohs_slices
+from raysisa.data.samples import take_ids
 from raysisa.data.tensors import to_tensors
 from raysisa.errors import StaleStateError
 from raysisa.evaluation.metrics import accuracy
@@ -132,7 +132,7 @@ class Coordinator:
         rejected = [r.request_id for r in requests if r not in accepted]
         index = self.store.read_index()
         wanted = np.unique(np.concatenate([np.asarray(r.ids, np.int64) for r in accepted])) if accepted else np.zeros(0, np.int64)
-        rows = index.filter(pc.is_in(index["id"], value_set=pa.array(wanted)))
+        rows = take_ids(index, wanted)
         live_ids, shards, slices = rows["id"].to_numpy(), rows["shard"].to_numpy(), rows["slice"].to_numpy()
         works = [self._work(int(k), live_ids[shards == k], slices[shards == k], index, accepted) for k in np.unique(shards)]
         decisions = decide(works, self.config)

@@ -23,16 +23,16 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from raysisa.config import CompareConfig, JobConfig, PruneConfig, StoreConfig
+from raysisa.data.samples import take_ids
 from raysisa.errors import ConfigError
 from raysisa.evaluation.evaluator import Evaluator, load_states
 from raysisa.evaluation.metrics import GAP_METRICS, Metrics
 from raysisa.models import build_model
 from raysisa.evaluation.scenarios import draw_forget_set, excluded_test_classes, save_forget_set
+from raysisa.sisa.cost import first_slices
 from raysisa.sisa.pool import ShardPool
 from raysisa.sisa.run import SisaRun
 from raysisa.sisa.shard import model_tensors, shard_refs
@@ -166,10 +166,8 @@ def _result(name: str, seed: int, args: dict, metrics: Metrics, reference: Metri
 
 def _shard_slices(run: SisaRun, ids: np.ndarray) -> dict[int, int]:
     """Earliest affected slice per shard (the SISA rule's r*)."""
-    index = run.store.read_index()
-    rows = index.filter(pc.is_in(index["id"], value_set=pa.array(ids)))
-    shards, slices = rows["shard"].to_numpy(), rows["slice"].to_numpy()
-    return {int(k): int(slices[shards == k].min()) for k in np.unique(shards)}
+    rows = take_ids(run.store.read_index(), ids)
+    return first_slices(rows["shard"].to_numpy(), rows["slice"].to_numpy())
 
 
 def _sisa_retrain_seconds(reference: SisaRun, first_slice: dict[int, int]) -> float:

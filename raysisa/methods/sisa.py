@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
+from raysisa.data.samples import take_ids
 from raysisa.errors import InvalidIdsError
 from raysisa.sisa.pool import ShardPool
 from raysisa.sisa.run import SisaRun
@@ -49,8 +48,7 @@ def shard_groups(run: SisaRun, ids: Iterable[Any]) -> dict[int, np.ndarray]:
             f"{len(already)} id(s) are already deleted, e.g. {', '.join(map(str, already[:5].tolist()))}; "
             "approximate unlearning needs the samples' data"
         )
-    index = run.store.read_index()
-    rows = index.filter(pc.is_in(index["id"], value_set=pa.array(live)))
+    rows = take_ids(run.store.read_index(), live)
     shards, row_ids = rows["shard"].to_numpy(), rows["id"].to_numpy()
     return {int(k): np.sort(row_ids[shards == k]) for k in np.unique(shards)}
 

@@ -13,11 +13,20 @@ from collections.abc import Sequence
 from raysisa.config import slice_epochs
 
 __all__ = [
+    "first_slices",
     "retrain_cost",
     "expected_single_deletion_cost",
     "expected_batch_cost",
     "expected_speedup",
 ]
+
+
+def first_slices(shards: Sequence[int], slices: Sequence[int]) -> dict[int, int]:
+    """The earliest affected slice r* per shard, from the (shard, slice) of each deleted sample."""
+    out: dict[int, int] = {}
+    for shard, slice_ in zip(shards, slices, strict=True):
+        out[int(shard)] = min(out.get(int(shard), int(slice_)), int(slice_))
+    return dict(sorted(out.items()))
 
 
 def retrain_cost(slice_sizes: Sequence[int], epochs: int, first_slice: int = 1) -> int:

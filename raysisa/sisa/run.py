@@ -26,18 +26,17 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from tqdm.auto import tqdm
 
 from raysisa.config import RunSpec, StoreConfig
 from raysisa.data.partition import plan_partition
-from raysisa.data.samples import drop_ids
+from raysisa.data.samples import drop_ids, take_ids
 from raysisa.data.sources import load_source
 from raysisa.data.tensors import to_tensors
 from raysisa.errors import ConfigError, InvalidIdsError, StaleStateError
 from raysisa.sisa.aggregate import aggregate
-from raysisa.sisa.cost import retrain_cost
+from raysisa.sisa.cost import first_slices, retrain_cost
 from raysisa.sisa.pool import ShardPool
 from raysisa.sisa.reports import EvalReport, TrainReport, UnlearnReport, parse_ids
 from raysisa.sisa.shard import SliceReport, load_model, shard_refs
@@ -249,14 +248,14 @@ class SisaRun:
         Checkpoints are not touched: :meth:`purge_stale` and training follow.
         """
         index = self.store.read_index()
-        rows = index.filter(pc.is_in(index["id"], value_set=pa.array(np.asarray(ids, dtype=np.int64))))
+        rows = take_ids(index, ids)
         shards, slices = rows["shard"].to_numpy(), rows["slice"].to_numpy()
         for shard, slice_ in sorted(set(zip(shards.tolist(), slices.tolist(), strict=True))):
             self.store.write_partition(shard, slice_, drop_ids(self.store.read_partition(shard, slice_), ids))
         if rows.num_rows:
             self.store.write_index(drop_ids(index, ids))
             self.store.add_tombstones(rows["id"].to_numpy(), shards, slices, reason)
-        return {int(k): int(slices[shards == k].min()) for k in np.unique(shards)}
+        return first_slices(shards, slices)
 
     def retrain_shards(self, pool: ShardPool, shards: Iterable[int] | None = None, progress: bool = False) -> list[SliceReport]:
         """Purge stale checkpoints, then train the pending slices of ``shards`` (default: all)."""
