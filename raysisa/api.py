@@ -62,16 +62,15 @@ def train(
         progress: show a progress bar.
         verify: check every checkpoint's sha256 first and rebuild corrupt ones.
     """
+    run = SisaRun(as_store(store))
     if config is None:
-        run = SisaRun(as_store(store))
-        spec = run.store.spec  # raises StoreNotFoundError if there is no run to resume
-        if exclude_ids is not None:
-            SisaRun.create(spec, as_store(store), exclude_ids)  # checks they are excluded already
+        with run.writer("train"):  # finishes an interrupted ingest or deletion first
+            spec = run.store.spec  # raises StoreNotFoundError if there is no run to resume
     else:
         spec = config.spec if isinstance(config, JobConfig) else config
         if cluster is None and isinstance(config, JobConfig):
             cluster = config.cluster
-        run = SisaRun.create(spec, as_store(store), exclude_ids)
+    run.ingest(spec, exclude_ids)  # reopens an identical run (checking exclude_ids are excluded)
     with _pool(pool, cluster, spec.sharding.num_shards) as shards:
         return run.train(shards, progress, verify)
 
@@ -85,7 +84,7 @@ def unlearn(
     progress: bool = False,
 ) -> UnlearnReport:
     """Exactly unlearn sample ``ids`` from the run at ``store`` (see :meth:`SisaRun.unlearn`)."""
-    run = SisaRun(as_store(store))
+    run = SisaRun.open(as_store(store))
     ids = list(ids)
     _, deleting, _ = run.check_ids(ids)  # bad input fails before Ray starts
     if not len(deleting) and not run.pending_work():
@@ -105,12 +104,12 @@ def evaluate(
 
     Models are loaded in this process, or in the shard workers of ``pool`` if given.
     """
-    return SisaRun(as_store(store)).evaluate(aggregation, weights, pool)
+    return SisaRun.open(as_store(store)).evaluate(aggregation, weights, pool)
 
 
 def inspect(store: str | StoreConfig, verify: bool = True) -> dict[str, Any]:
     """A JSON-ready description of the run at ``store``."""
-    return SisaRun(as_store(store)).inspect(verify)
+    return SisaRun.open(as_store(store)).inspect(verify)
 
 
 def compare(
@@ -173,6 +172,6 @@ def run_coordinator(
             done = coordinator.step()
             if goal == "exact" and ledger.state(request_id) == "applied_approximate":
                 coordinator.restore_exactness()
-            elif done in ("waiting", "idle"):
+            elif done in ("waiting", "idle", "busy"):
                 time.sleep(0.05)
         return coordinator.summary()

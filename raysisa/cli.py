@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -27,10 +28,7 @@ __all__ = ["main", "build_parser", "read_ids_file"]
 def read_ids_file(path: str) -> list[str]:
     """Ids from a text file (separated by commas, spaces or new lines; ``#`` comments) or a
     JSON list."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise InvalidIdsError(f"cannot read ids file {path}: {exc.strerror or exc}") from None
+    text = _read_text(path, "ids file", InvalidIdsError)
     stripped = text.strip()
     if stripped.startswith("["):
         try:
@@ -44,17 +42,63 @@ def read_ids_file(path: str) -> list[str]:
     return [tok for tok in re.split(r"[\s,]+", " ".join(lines)) if tok]
 
 
+def _read_text(path: str, what: str, error: type[Exception]) -> str:
+    """A UTF-8 text file, or ``error`` with a message naming it."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} {path} is not UTF-8 text (byte {exc.start} is {data[exc.start:exc.start + 1]!r})") from None
+
+
 def _split_ids(value: str) -> list[str]:
     return [tok for tok in re.split(r"[\s,]+", value) if tok]
 
 
 def _store(args: argparse.Namespace) -> StoreConfig:
-    return StoreConfig(uri=args.store, endpoint_url=args.endpoint_url)
+    extra = {"lease_wait_seconds": args.lease_wait} if args.lease_wait is not None else {}
+    return StoreConfig(uri=args.store, endpoint_url=args.endpoint_url, **extra)
 
 
 def _cluster(args: argparse.Namespace, base: ClusterConfig | None = None) -> ClusterConfig:
     base = base or ClusterConfig()
-    return base.model_copy(update={"address": args.address}) if args.address else base
+    update: dict[str, Any] = {"address": args.address} if args.address else {}
+    if args.connect_timeout is not None:
+        update["connect_timeout_seconds"] = args.connect_timeout
+    return ClusterConfig.from_dict({**base.to_dict(), **update}) if update else base
+
+
+def _pool(args: argparse.Namespace):
+    """``--in-process``: shard work runs in this process (no Ray); else None (Ray actors)."""
+    from raysisa.sisa.pool import LocalPool
+
+    return LocalPool() if getattr(args, "in_process", False) else None
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    values = _split_ids(text)
+    bad = [v for v in values if not re.fullmatch(r"[0-9]+", v)]
+    if bad or not values:
+        raise ConfigError(f"{what}: expected comma-separated non-negative integers, got {text!r}")
+    return [int(v) for v in values]
+
+
+def _float_list(text: str, what: str) -> list[float]:
+    values = []
+    for token in _split_ids(text):
+        try:
+            value = float(token)
+        except ValueError:
+            raise ConfigError(f"{what}: {token!r} is not a number") from None
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{what}: {token!r} must be a finite, non-negative number")
+        values.append(value)
+    if not values:
+        raise ConfigError(f"{what}: no values given")
+    return values
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any], lines: list[str]) -> None:
@@ -77,10 +121,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     store = _store(args)
     exclude = read_ids_file(args.exclude_ids_file) if args.exclude_ids_file else None
     overrides = _overrides(args)
-    resume = args.config is None and not overrides and RunStore(store).exists()
+    resume = args.config is None and not overrides and RunStore(store).initialised()
     job = None if resume else load_config(args.config, overrides)
     cluster = _cluster(args, job.cluster if job else None)
-    report = api.train(job, store, exclude_ids=exclude, cluster=cluster, progress=not args.quiet, verify=args.verify)
+    report = api.train(
+        job, store, exclude_ids=exclude, cluster=cluster, pool=_pool(args), progress=not args.quiet, verify=args.verify
+    )
     _emit(
         args,
         report.to_dict(),
@@ -96,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_unlearn(args: argparse.Namespace) -> None:
     ids = _split_ids(args.ids) if args.ids is not None else read_ids_file(args.ids_file)
-    report = api.unlearn(_store(args), ids, cluster=_cluster(args), progress=not args.quiet)
+    report = api.unlearn(_store(args), ids, cluster=_cluster(args), pool=_pool(args), progress=not args.quiet)
     lines = [report.message]
     if not report.noop:
         lines.append(
@@ -108,7 +154,7 @@ def cmd_unlearn(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    weights = _float_list(args.weights, "--weights") if args.weights is not None else None
     report = api.evaluate(_store(args), args.aggregation, weights)
     shards = ", ".join(f"{a:.1f}" for a in report.shard_accuracy)
     _emit(
@@ -126,8 +172,11 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     lines = [
         f"run at {info['store']} (fingerprint {info['fingerprint'][:12]}, created {info['created_at']})",
         f"data: {info['data']['name']}, {info['data']['train_samples']} training samples, "
-        f"{info['data']['test_samples']} test, {info['data']['tombstones']} deleted",
+        f"{info['data']['test_samples']} test, {info['data']['tombstones']} deleted "
+        f"(version {info['version']}, last change: {info['last_change'].get('kind', '-')} at {info['last_change'].get('committed_at', '-')})",
     ]
+    if info["writer"]:
+        lines.append(f"being written by {info['writer']}")
     for shard in info["shards"]:
         states = "".join({"ok": "#", "missing": ".", "corrupt": "X"}[c["status"]] for c in shard["checkpoints"])
         sha = (shard["model_sha256"] or "-")[:16]
@@ -142,8 +191,10 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     job = load_config(args.config, _overrides(args))
     methods = _split_ids(args.methods) if args.methods else None
-    seeds = [int(s) for s in _split_ids(args.seeds)] if args.seeds else None
-    report = api.compare(job, _store(args), methods=methods, seeds=seeds, cluster=_cluster(args, job.cluster), progress=not args.quiet)
+    seeds = _int_list(args.seeds, "--seeds") if args.seeds is not None else None
+    report = api.compare(
+        job, _store(args), methods=methods, seeds=seeds, cluster=_cluster(args, job.cluster), pool=_pool(args), progress=not args.quiet
+    )
     from raysisa.evaluation.report import markdown_table
 
     base = f"{args.store.rstrip('/')}/reports/{report.name}"
@@ -164,6 +215,7 @@ def cmd_forget(args: argparse.Namespace) -> None:
     from raysisa.coordinator import client
 
     store = _store(args)
+    config = _coordinator_config(args) if args.wait else None  # a bad config fails before anything is logged
     if args.subject is not None:
         ack = client.submit(store, subject=args.subject, key=args.key)
     else:
@@ -175,37 +227,40 @@ def cmd_forget(args: argparse.Namespace) -> None:
     ]
     payload = {"ack": ack.to_dict()}
     if args.wait:
-        _wait_for(args, store, ack.request_id)
+        _wait_for(args, store, ack.request_id, config)
         payload["status"] = client.status(store, ack.request_id)
         lines.append(f"state: {payload['status']['state']}")
     _emit(args, payload, lines)
 
 
-def _wait_for(args: argparse.Namespace, store: StoreConfig, request_id: str) -> None:
+def _wait_for(args: argparse.Namespace, store: StoreConfig, request_id: str, config) -> None:
     """Wait through a running coordinator actor, or run a coordinator here until done."""
     from raysisa.coordinator import client
 
     address = args.address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if address and not args.in_process:
         import ray
 
         from raysisa.coordinator.actor import get_coordinator
+        from raysisa.sisa.actors import connect
 
-        ray.init(address=address, log_to_driver=False)
+        connect(address, _cluster(args).connect_timeout_seconds)
         try:
             if get_coordinator(store) is not None:
                 client.wait(store, request_id, args.wait, timeout=args.timeout)
                 return
         finally:
             ray.shutdown()
-    api.run_coordinator(store, _coordinator_config(args), until=(request_id, args.wait), cluster=_cluster(args), timeout=args.timeout)
+    api.run_coordinator(
+        store, config, until=(request_id, args.wait), cluster=_cluster(args), pool=_pool(args), timeout=args.timeout
+    )
 
 
 def cmd_requests(args: argparse.Namespace) -> None:
     from raysisa.coordinator import client
 
     store = _store(args)
-    if args.id:
+    if args.id is not None:
         info = client.status(store, args.id)
         receipt = info["receipt"] or {}
         lines = [f"request {args.id}: {info['state']}, {len(info['request']['ids'])} id(s), submitted {info['request']['submitted_at']}"]
@@ -223,14 +278,16 @@ def cmd_coordinator(args: argparse.Namespace) -> None:
 
     from raysisa.coordinator import actor
 
+    from raysisa.sisa.actors import connect
+
     store = _store(args)
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not address:
         raise ConfigError("the coordinator actor runs on a Ray cluster: give --address (or set RAY_ADDRESS)")
-    ray.init(address=address, log_to_driver=False)
+    job = load_config(args.config, list(args.set)) if args.action == "start" else None  # validated before connecting
+    connect(address, _cluster(args).connect_timeout_seconds)
     try:
         if args.action == "start":
-            job = load_config(args.config, list(args.set))
             handle = actor.start_coordinator(store, job.coordinator, _cluster(args, job.cluster))
             summary = ray.get(handle.summary.remote())
         elif args.action == "stop":
@@ -246,10 +303,11 @@ def cmd_coordinator(args: argparse.Namespace) -> None:
 def cmd_subjects(args: argparse.Namespace) -> None:
     from raysisa.coordinator import client
 
+    text = _read_text(args.file, "subjects file", InvalidIdsError)
     try:
-        mapping = json.loads(Path(args.file).read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidIdsError(f"cannot read subjects file {args.file}: {exc}") from None
+        mapping = json.loads(text)
+    except ValueError as exc:
+        raise InvalidIdsError(f"subjects file {args.file} is not valid JSON: {exc}") from None
     if not isinstance(mapping, dict) or not all(isinstance(v, list) for v in mapping.values()):
         raise InvalidIdsError("a subjects file is a JSON object: {subject key: [sample ids]}")
     count = client.register_subjects(_store(args), mapping)
@@ -283,7 +341,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print one JSON document")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local cluster)")
+        p.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="give up connecting to --address after this long (default 30)")
+        p.add_argument(
+            "--lease-wait", type=float, metavar="SECONDS", help="wait this long for another writer of the store to finish (default 60)"
+        )
         return p
+
+    def in_process(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--in-process", action="store_true", help="run shard work in this process, without Ray (small runs, tests)")
 
     p = command("demo", "train on scikit-learn digits, unlearn a random 1%%, compare with a full retrain", False)
     p.set_defaults(func=cmd_demo)
@@ -297,12 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     _quant_flags(p)
     p.add_argument("--exclude-ids-file", help="train the same partition without these ids (the exact-unlearning reference)")
     p.add_argument("--verify", action="store_true", help="check every checkpoint's sha256 first; rebuild corrupt ones")
+    in_process(p)
     p.set_defaults(func=cmd_train)
 
     p = command("unlearn", "exactly unlearn samples: retrain only the slices that saw them")
     ids = p.add_mutually_exclusive_group(required=True)
     ids.add_argument("--ids", help="comma-separated sample ids, e.g. 1,2,3")
     ids.add_argument("--ids-file", help="file of ids (text or JSON list)")
+    in_process(p)
     p.set_defaults(func=cmd_unlearn)
 
     p = command("evaluate", "ensemble and per-shard test accuracy")
@@ -317,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
     p.add_argument("--out", help="also copy report.md, report.json and gaps.png into this local folder")
     _quant_flags(p)
+    in_process(p)
     p.set_defaults(func=cmd_compare)
 
     p = command("forget", "log a deletion request (durably, before acknowledging it); optionally wait for it")
@@ -329,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (default 3600)")
     p.add_argument("--config", help="YAML config whose `coordinator` section applies when this command runs one")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    in_process(p)
     p.set_defaults(func=cmd_forget)
 
     p = command("requests", "logged deletion requests and their states (or one request in detail)")
@@ -359,6 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except RaysisaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TimeoutError as exc:  # --wait ran out of time: the request stays logged
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -13,10 +13,15 @@ __all__ = [
     "DataError",
     "StoreError",
     "StoreNotFoundError",
+    "StoreUnavailableError",
+    "StoreBusyError",
+    "LeaseLostError",
+    "ConflictError",
     "CheckpointCorruptError",
     "InvalidIdsError",
     "StaleStateError",
     "ShardUnavailableError",
+    "ClusterUnavailableError",
 ]
 
 
@@ -40,6 +45,22 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
     """An object or a run that should be on the store is not there."""
 
 
+class StoreUnavailableError(StoreError):
+    """The object store did not answer (connection refused, timed out) after bounded retries."""
+
+
+class StoreBusyError(StoreError):
+    """Another process holds the store's writer lease; the message names the holder."""
+
+
+class LeaseLostError(StoreError):
+    """This writer's lease expired or was taken over before it committed; nothing was committed."""
+
+
+class ConflictError(StoreError):
+    """Another writer committed a new state of the store first; nothing was committed."""
+
+
 class CheckpointCorruptError(StoreError):
     """A checkpoint failed its integrity check (sha256 mismatch, truncation, bad manifest).
 
@@ -57,3 +78,7 @@ class StaleStateError(RaysisaError):
 
 class ShardUnavailableError(RaysisaError):
     """A shard actor died and could not be restarted."""
+
+
+class ClusterUnavailableError(RaysisaError):
+    """The Ray cluster at the given address did not answer within the connect timeout."""

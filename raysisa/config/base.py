@@ -4,9 +4,11 @@ one-line :class:`~raysisa.errors.ConfigError` messages naming the field."""
 from __future__ import annotations
 
 import contextvars
+import types
+import typing
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from raysisa.errors import ConfigError
 
@@ -19,8 +21,12 @@ def _describe(exc: ValidationError, where: str = "") -> str:
     problems = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in (where, *err["loc"]) if p != "")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "value_error" and ": " in msg and msg.split(": ", 1)[0].isidentifier():
+            field, msg = msg.split(": ", 1)  # a model validator naming the field
+            loc = f"{loc}.{field}" if loc else field
         got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
-        problems.append(f"{loc or 'config'}: {err['msg']}{got}")
+        problems.append(f"{loc or 'config'}: {msg}{got}")
     return "invalid configuration: " + "; ".join(problems)
 
 
@@ -41,6 +47,28 @@ def registered(registry: Any, value: str) -> str:
     return value
 
 
+def _bool_for_number(annotation: Any, value: Any) -> bool:
+    """Whether ``value`` holds a bool where ``annotation`` wants an int or a float (pydantic's
+    lax mode would read ``true`` as 1)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _bool_for_number(args[0], value)
+    if origin in (typing.Union, types.UnionType):
+        if isinstance(value, bool) and bool in args:
+            return False
+        return all(_bool_for_number(a, value) for a in args if a is not type(None)) if isinstance(value, bool) else any(
+            _bool_for_number(a, value) for a in args if a is not type(None)
+        )
+    if isinstance(value, bool):
+        return annotation in (int, float)
+    if origin in (list, tuple, set, frozenset) and isinstance(value, list | tuple):
+        return any(_bool_for_number(args[0], v) for v in value) if args else False
+    if origin is dict and isinstance(value, dict) and len(args) == 2:
+        return any(_bool_for_number(args[1], v) for v in value.values())
+    return False
+
+
 class ConfigModel(BaseModel):
     """Base of every config: frozen, no unknown keys, errors raised as :class:`ConfigError`."""
 
@@ -57,6 +85,15 @@ class ConfigModel(BaseModel):
             raise ConfigError(_describe(exc)) from None
         finally:
             _INIT_DEPTH.reset(depth)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                if name in data and _bool_for_number(field.annotation, data[name]):
+                    raise ValueError(f"{name}: expected a number, got a boolean ({data[name]!r})")
+        return data
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

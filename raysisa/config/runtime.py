@@ -24,6 +24,7 @@ class ClusterConfig(ConfigModel):
         max_restarts: how often Ray restarts a dead shard actor (-1: forever).
         max_concurrent: shards training at the same time; ``None`` means the cluster's CPUs
             divided by ``train.threads``.
+        connect_timeout_seconds: give up connecting to ``address`` after this long.
     """
 
     address: str | None = None
@@ -31,6 +32,7 @@ class ClusterConfig(ConfigModel):
     gpus_per_shard: float = Field(0.0, ge=0)
     max_restarts: int = Field(3, ge=-1)
     max_concurrent: int | None = Field(None, ge=1)
+    connect_timeout_seconds: float = Field(30.0, gt=0)
 
 
 class StoreConfig(ConfigModel):
@@ -42,11 +44,18 @@ class StoreConfig(ConfigModel):
         endpoint_url: S3 endpoint override for S3-compatible servers (MinIO, moto, Ceph).
             ``AWS_ENDPOINT_URL`` in the environment works too.
         storage_options: extra keyword arguments for the fsspec filesystem.
+        lease_wait_seconds: how long a writer waits for another writer's lease before
+            failing with an error that names the holder.
+        lease_ttl_seconds: a writer's lease lasts this long unless renewed (its heartbeat
+            renews it every third of that); a holder that crashed on another machine blocks
+            the store at most this long (on the same machine, not at all).
     """
 
     uri: str
     endpoint_url: str | None = None
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    lease_wait_seconds: float = Field(60.0, ge=0)
+    lease_ttl_seconds: float = Field(30.0, ge=1)
 
     @field_validator("uri")
     @classmethod

@@ -46,7 +46,7 @@ class CoordinatorActor:
                 log.exception("coordinator step failed")
                 self.errors = [*self.errors[-9:], f"{type(exc).__name__}: {exc}"]
                 done = "error"
-            if done in ("idle", "waiting", "error"):
+            if done in ("idle", "waiting", "busy", "error"):
                 self._stop.wait(poll)
 
     def summary(self) -> dict[str, Any]:

@@ -7,15 +7,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from raysisa.config import StoreConfig
-from raysisa.coordinator.ledger import STATES, Ack, Ledger
-from raysisa.errors import InvalidIdsError
+from raysisa.coordinator.ledger import STATES, Ack, Ledger, check_request_id
+from raysisa.errors import ConfigError, InvalidIdsError
 from raysisa.sisa.run import SisaRun
 
 __all__ = ["submit", "status", "wait", "requests", "register_subjects"]
 
 
 def _ledger(store: StoreConfig | str) -> tuple[SisaRun, Ledger]:
-    run = SisaRun(store if isinstance(store, StoreConfig) else StoreConfig(uri=str(store)))
+    run = SisaRun.open(store if isinstance(store, StoreConfig) else StoreConfig(uri=str(store)))
     run.store.manifest()  # a clear error when there is no run
     return run, Ledger(run.store.objects)
 
@@ -45,7 +45,13 @@ def submit(store: StoreConfig | str, ids: Iterable[Any] | None = None, *, subjec
 
 
 def status(store: StoreConfig | str, request_id: str) -> dict[str, Any]:
-    """A request, its current state, its transitions and its receipt."""
+    """A request, its current state, its transitions and its receipt.
+
+    Raises:
+        InvalidIdsError: ``request_id`` is not a request id.
+        StoreNotFoundError: no such request.
+    """
+    check_request_id(request_id)
     _, ledger = _ledger(store)
     request = ledger.request(request_id)
     return {
@@ -63,7 +69,8 @@ def wait(store: StoreConfig | str, request_id: str, until: str = "applied", time
         TimeoutError: not reached in time (the request stays logged and will be applied).
     """
     if until not in ("applied", "exact"):
-        raise ValueError("until must be 'applied' or 'exact'")
+        raise ConfigError(f"until must be 'applied' or 'exact', not {until!r}")
+    check_request_id(request_id)
     _, ledger = _ledger(store)
     goal = STATES["applied_approximate"] if until == "applied" else STATES["exact"]
     deadline = time.time() + timeout
@@ -89,7 +96,11 @@ def requests(store: StoreConfig | str) -> list[dict[str, Any]]:
 
 def register_subjects(store: StoreConfig | str, mapping: dict[str, list[int]]) -> int:
     """Register data-subject keys (stored hashed) and the sample ids each one owns."""
+    if not isinstance(mapping, dict) or not mapping:
+        raise InvalidIdsError("subjects are a non-empty mapping {subject key: [sample ids]}")
+    bad = [k for k, v in mapping.items() if not isinstance(k, str) or not k or not isinstance(v, list)]
+    if bad:
+        raise InvalidIdsError(f"subject {bad[0]!r}: keys are non-empty strings and values lists of sample ids; nothing was registered")
     run, ledger = _ledger(store)
-    for ids in mapping.values():
-        run.check_ids(ids)  # every id must be a (live or deleted) training sample
-    return ledger.register_subjects(mapping)
+    checked = {subject: run.check_ids(ids)[0].tolist() for subject, ids in mapping.items()}  # all valid before any is written
+    return ledger.register_subjects(checked)

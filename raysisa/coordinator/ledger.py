@@ -7,35 +7,47 @@ Everything is an immutable (or idempotently rewritten) object on the run's store
     ledger/batches/<batch_id>.json             a batch's plan, written before it executes
     ledger/batches/<batch_id>.done.json        written when it has executed
     receipts/<request_id>.json                 the request's receipt (ids only, no contents)
-    index/subjects.parquet                     sha256(subject key) -> sample ids
+    subjects/<sha256(subject)>/<sha256>.json   one registration: sample ids of a data subject
 
-A request is written before it is acknowledged. Its id derives from the idempotency key,
-so re-submitting a key is a no-op. States only move forward:
-pending -> applied_approximate -> exact, pending -> applied_exact -> exact, or
-pending -> rejected; writing a state twice rewrites the same object. Subject keys and
-idempotency keys are stored as sha256 digests only.
+A request is written before it is acknowledged, with a conditional create: its id derives
+from the idempotency key, so of two submissions with one key exactly one creates the
+request, and the other is told it is a duplicate (same ids) or refused (other ids). States
+only move forward: pending -> applied_approximate -> exact, pending -> applied_exact ->
+exact, or pending -> rejected; each transition is created once and never rewritten. Each
+subject registration is its own object, so concurrent registrations never overwrite one
+another. Subject keys and idempotency keys are stored as sha256 digests only.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
+import re
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from raysisa.errors import InvalidIdsError, StoreNotFoundError
+from raysisa.errors import InvalidIdsError, StoreError, StoreNotFoundError
 from raysisa.store import ObjectStore
 
-__all__ = ["Request", "Ack", "Ledger", "STATES", "now"]
+__all__ = ["Request", "Ack", "Ledger", "STATES", "now", "check_request_id"]
 
 STATES = {"pending": 0, "applied_approximate": 1, "applied_exact": 2, "exact": 3, "rejected": 3}
-SUBJECTS = "index/subjects.parquet"
+SUBJECTS = "subjects"
+_REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def check_request_id(request_id: Any) -> str:
+    """A request id as given by a user: 32 lowercase hex digits (never used as a path otherwise).
+
+    Raises:
+        InvalidIdsError: anything else.
+    """
+    if not isinstance(request_id, str) or not _REQUEST_ID.match(request_id):
+        raise InvalidIdsError(f"{request_id!r} is not a request id (32 hex digits, as printed by `raysisa forget`)")
+    return request_id
 
 
 def now() -> str:
@@ -97,24 +109,27 @@ class Ledger:
         key = key if key is not None else uuid.uuid4().hex
         request_id = self.request_id_for(key)
         ids_list = sorted(int(i) for i in ids)
-        path = f"ledger/requests/{request_id}.json"
-        if self.objects.exists(path):
-            existing = self.request(request_id)
-            if existing.ids != ids_list:
-                raise InvalidIdsError(
-                    f"idempotency key already used for request {request_id} with other ids "
-                    f"({len(existing.ids)} ids); use a new key"
-                )
-            return Ack(request_id, self.state(request_id), True, len(ids_list))
         request = Request(request_id, ids_list, now(), digest(key), digest(subject) if subject else None)
-        self.objects.put_json(path, request.to_dict())
-        return Ack(request_id, "pending", False, len(ids_list))
+        if self.objects.create_json(f"ledger/requests/{request_id}.json", request.to_dict()):
+            return Ack(request_id, "pending", False, len(ids_list))
+        existing = self.request(request_id)  # the key was used before (or at this same instant)
+        if existing.ids != ids_list:
+            raise InvalidIdsError(
+                f"idempotency key already used for request {request_id} with other ids "
+                f"({len(existing.ids)} ids); use a new key. Nothing was logged"
+            )
+        return Ack(request_id, self.state(request_id), True, len(ids_list))
 
     def request(self, request_id: str) -> Request:
+        check_request_id(request_id)
         try:
-            return Request(**self.objects.get_json(f"ledger/requests/{request_id}.json"))
+            data = self.objects.get_json(f"ledger/requests/{request_id}.json")
         except StoreNotFoundError:
             raise StoreNotFoundError(f"no request {request_id} in the ledger") from None
+        try:
+            return Request(**data)
+        except TypeError:
+            raise StoreError(f"request {request_id} in the ledger is malformed") from None
 
     def request_ids(self) -> list[str]:
         return [k.rsplit("/", 1)[1][: -len(".json")] for k in self.objects.list("ledger/requests")]
@@ -123,15 +138,15 @@ class Ledger:
     def record(self, request_id: str, state: str, detail: dict[str, Any] | None = None) -> None:
         """Append a transition (rewriting the same state is a no-op)."""
         order = STATES[state]
-        key = f"ledger/events/{request_id}/{order}-{state}.json"
-        if not self.objects.exists(key):
-            self.objects.put_json(key, {"state": state, "at": now(), **(detail or {})})
+        self.objects.create_json(f"ledger/events/{request_id}/{order}-{state}.json", {"state": state, "at": now(), **(detail or {})})
 
     def events(self, request_id: str) -> list[dict[str, Any]]:
+        check_request_id(request_id)
         keys = self.objects.list(f"ledger/events/{request_id}")
         return sorted((self.objects.get_json(k) for k in keys), key=lambda e: STATES[e["state"]])
 
     def state(self, request_id: str) -> str:
+        check_request_id(request_id)
         keys = self.objects.list(f"ledger/events/{request_id}")
         states = [k.rsplit("/", 1)[1].split("-", 1)[1][: -len(".json")] for k in keys]
         return max(states, key=lambda s: STATES[s]) if states else "pending"
@@ -148,7 +163,8 @@ class Ledger:
 
     # -- batches --------------------------------------------------------------------------
     def write_plan(self, plan: dict[str, Any]) -> None:
-        self.objects.put_json(f"ledger/batches/{plan['batch_id']}.json", plan)
+        if not self.objects.create_json(f"ledger/batches/{plan['batch_id']}.json", plan):
+            raise StoreError(f"batch {plan['batch_id']} is already planned")
 
     def finish_plan(self, batch_id: str) -> None:
         self.objects.put_json(f"ledger/batches/{batch_id}.done.json", {"done_at": now()})
@@ -174,33 +190,22 @@ class Ledger:
 
     # -- data subjects --------------------------------------------------------------------
     def register_subjects(self, mapping: dict[str, list[int]]) -> int:
-        """Add ``subject key -> sample ids`` entries (keys stored hashed)."""
-        table = self._subjects()
-        rows = [(digest(subject), int(i)) for subject, ids in mapping.items() for i in ids]
-        new = pa.table({"subject": [r[0] for r in rows], "id": pa.array([r[1] for r in rows], pa.int64())})
-        merged = pa.concat_tables([table, new]) if table.num_rows else new
-        buffer = io.BytesIO()
-        pq.write_table(merged, buffer)
-        self.objects.put_bytes(SUBJECTS, buffer.getvalue())
-        return len(rows)
+        """Add ``subject key -> sample ids`` entries (keys stored hashed); returns the ids
+        registered. Each (subject, ids) registration is its own object, created once."""
+        count = 0
+        for subject, ids in mapping.items():
+            entry = sorted({int(i) for i in ids})
+            name = digest(f"{digest(subject)}|{entry}")
+            self.objects.create_json(f"{SUBJECTS}/{digest(subject)}/{name}.json", {"ids": entry})
+            count += len(entry)
+        return count
 
     def subject_ids(self, subject: str) -> np.ndarray:
-        table = self._subjects()
-        if not table.num_rows:
-            return np.zeros(0, np.int64)
-        mask = np.asarray(table["subject"].to_pylist()) == digest(subject)
-        return np.unique(table["id"].to_numpy()[mask])
+        ids: set[int] = set()
+        for key in self.objects.list(f"{SUBJECTS}/{digest(subject)}"):
+            ids.update(int(i) for i in self.objects.get_json(key)["ids"])
+        return np.asarray(sorted(ids), dtype=np.int64)
 
     def forget_subject(self, subject_sha256: str) -> None:
         """Drop a subject's mapping once its request is exact (the mapping is personal data)."""
-        table = self._subjects()
-        if table.num_rows:
-            keep = np.asarray(table["subject"].to_pylist()) != subject_sha256
-            buffer = io.BytesIO()
-            pq.write_table(table.filter(pa.array(keep)), buffer)
-            self.objects.put_bytes(SUBJECTS, buffer.getvalue())
-
-    def _subjects(self) -> pa.Table:
-        if not self.objects.exists(SUBJECTS):
-            return pa.table({"subject": pa.array([], pa.string()), "id": pa.array([], pa.int64())})
-        return pq.read_table(io.BytesIO(self.objects.get_bytes(SUBJECTS)))
+        self.objects.delete(self.objects.list(f"{SUBJECTS}/{subject_sha256}"))

@@ -1,7 +1,9 @@
 """The coordinator: from logged deletion requests to unlearned shards, exactly once.
 
 :class:`Coordinator` is a plain class; :mod:`raysisa.coordinator.actor` runs it in a
-named, detached Ray actor. Each :meth:`Coordinator.step`:
+named, detached Ray actor. Each :meth:`Coordinator.step` that has work takes the store's
+writer lease (or returns ``busy`` when another writer holds it), finishes any transaction a
+crash interrupted, and then:
 
 1. finishes any batch plan a crash left unfinished;
 2. once the oldest pending request has waited ``window_seconds``, plans a batch: the cost
@@ -10,10 +12,10 @@ named, detached Ray actor. Each :meth:`Coordinator.step`:
 3. executes the plan (idempotently, so a restart simply executes it again):
    a. approximate shards: DPUS (+ OHS) in the shard's worker, then the result is written
       as the shard's overlay — skipped when the overlay already records this batch;
-   b. the data of every decided id is deleted (partitions, index, tombstones) and
-      checkpoints trained on it are purged;
+   b. the data of every decided id is deleted in one transaction (partitions, index,
+      tombstones committed at once), and checkpoints trained on it are purged;
    c. exact shards are retrained from their earliest affected slice;
-4. records each request's new state and writes its receipt;
+4. records each request's new state and writes its receipt, then marks the plan done;
 5. when idle for ``idle_seconds``, or when a shard hits the debt bound, restores the
    exactness of approximate shards by SISA retraining, then drops their overlays and
    marks the requests they carried exact.
@@ -35,10 +37,11 @@ import torch
 
 from raysisa.config import CoordinatorConfig, StoreConfig
 from raysisa.coordinator.ledger import Ledger, Request, now, parse_time
+from raysisa.crashpoints import crash_point
 from raysisa.coordinator.policy import ShardWork, debt_reason, decide, ohs_slices
 from raysisa.data.samples import take_ids
 from raysisa.data.tensors import to_tensors
-from raysisa.errors import StaleStateError
+from raysisa.errors import StaleStateError, StoreBusyError
 from raysisa.evaluation.metrics import accuracy
 from raysisa.methods import get_method
 from raysisa.quant import is_quantized
@@ -80,27 +83,45 @@ class Coordinator:
 
     # -- the loop ---------------------------------------------------------------------------
     def step(self) -> str:
-        """Do the next piece of work; returns what was done (``idle`` if nothing)."""
-        for plan in self.ledger.unfinished_plans():
-            self.execute(plan)
-            return "resumed"
+        """Do the next piece of work; returns what was done: ``resumed``, ``batch``,
+        ``restored``, or ``waiting`` / ``idle`` / ``busy`` (another writer holds the store)."""
+        action, _ = self._next()
+        if action in ("waiting", "idle"):
+            return action
+        try:
+            with self.run.writer("coordinator", wait=0):
+                action, arg = self._next()  # again under the lease: another writer may have done it
+                if action == "resumed":
+                    self.execute(arg)
+                elif action == "batch":
+                    self.execute(self.plan(arg))
+                elif action == "restored":
+                    self.restore_exactness(arg)
+                return action
+        except StoreBusyError:
+            return "busy"
+
+    def _next(self) -> tuple[str, Any]:
+        """What :meth:`step` should do now (reads only)."""
+        plans = self.ledger.unfinished_plans()
+        if plans:
+            return "resumed", plans[0]
         pending = self.pending()
         if pending:
             oldest = min(parse_time(r.submitted_at) for r in pending)
             if time.time() - oldest >= self.config.window_seconds or len(pending) >= self.config.max_batch:
-                plan = self.plan(pending[: self.config.max_batch])
-                self.execute(plan)
-                return "batch"
-            return "waiting"
+                return "batch", pending[: self.config.max_batch]
+            return "waiting", None
+        approximate = self.approximate_shards()
+        if not approximate:
+            return "idle", None
         indebted = self._debt_shards()
         if indebted:
-            self.restore_exactness(indebted)
-            return "restored"
+            return "restored", indebted
         idle = self.config.idle_seconds
-        if idle is not None and self.approximate_shards() and time.time() - self.last_activity >= idle:
-            self.restore_exactness()
-            return "restored"
-        return "idle"
+        if idle is not None and time.time() - self.last_activity >= idle:
+            return "restored", approximate
+        return "idle", None
 
     def run_until_settled(self, timeout: float = 600.0, exact: bool = True) -> None:
         """Step until nothing is pending (and, with ``exact``, no shard is approximate)."""
@@ -127,6 +148,10 @@ class Coordinator:
     # -- planning ---------------------------------------------------------------------------
     def plan(self, requests: list[Request]) -> dict[str, Any]:
         """Decide every affected shard of a batch and log the plan (nothing executes yet)."""
+        with self.run.writer("coordinator"):
+            return self._plan(requests)
+
+    def _plan(self, requests: list[Request]) -> dict[str, Any]:
         limit = self.config.max_request_ids
         accepted = [r for r in requests if limit is None or len(r.ids) <= limit]
         rejected = [r.request_id for r in requests if r not in accepted]
@@ -150,6 +175,7 @@ class Coordinator:
             "policy": self.config.policy,
         }
         self.ledger.write_plan(plan)
+        crash_point("batch.planned")
         log.info("batch %s: %d request(s), %d shard(s): %s", batch_id, len(accepted), len(works), Counter(d.kind for d in decisions))
         return plan
 
@@ -208,6 +234,10 @@ class Coordinator:
     # -- execution --------------------------------------------------------------------------
     def execute(self, plan: dict[str, Any]) -> None:
         """Carry out a logged plan; safe to repeat after a crash at any point."""
+        with self.run.writer("coordinator"):
+            self._execute(plan)
+
+    def _execute(self, plan: dict[str, Any]) -> None:
         started = time.perf_counter()
         batch_id = plan["batch_id"]
         decisions = {int(k): v["decision"] for k, v in plan["shards"].items()}
@@ -232,10 +262,12 @@ class Coordinator:
             for report in reports:
                 timings[report.shard] = timings.get(report.shard, 0.0) + report.seconds
             self._drop_overlays(retrains)
-        self.ledger.finish_plan(batch_id)
-        self.last_activity = time.time()
+        crash_point("batch.retrained")
         after = {k: self._served_key(k) for k in decisions}
         self._record(plan, before, after, timings, time.perf_counter() - started)
+        crash_point("batch.recorded")
+        self.ledger.finish_plan(batch_id)  # after recording: a replay records again (idempotently)
+        self.last_activity = time.time()
         self.settle()
 
     def _apply_updates(
@@ -273,6 +305,7 @@ class Coordinator:
             seconds[shard] = sum(r["outcome"]["setup_seconds"] + r["outcome"]["unlearn_seconds"] for r in steps)
             self._write_overlay(shard, decision, steps[-1]["tensors"], bases[shard], ids[shard], batch_id, carried[shard],
                                 tuned[shard]["outcome"]["epochs"] if shard in tuned else 0)
+            crash_point("batch.overlay")
         return seconds
 
     def _write_overlay(
@@ -328,14 +361,15 @@ class Coordinator:
 
     def restore_exactness(self, shards: list[int] | None = None) -> list[int]:
         """SISA-retrain approximate shards; their overlays go and their requests turn exact."""
-        shards = self.approximate_shards() if shards is None else shards
-        if shards:
-            log.info("restoring exactness of shard(s) %s", shards)
-            self.run.retrain_shards(self.pool, shards)
-            self._drop_overlays(shards)
-            self.settle()
-        self.last_activity = time.time()
-        return shards
+        with self.run.writer("coordinator"):
+            shards = self.approximate_shards() if shards is None else shards
+            if shards:
+                log.info("restoring exactness of shard(s) %s", shards)
+                self.run.retrain_shards(self.pool, shards)
+                self._drop_overlays(shards)
+                self.settle()
+            self.last_activity = time.time()
+            return shards
 
     def _drop_overlays(self, shards: list[int]) -> None:
         pending = self.run.pending_work()

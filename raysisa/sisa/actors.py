@@ -13,6 +13,8 @@ import contextlib
 import logging
 import math
 import os
+import re
+import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -20,10 +22,10 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError
 
 from raysisa.config import ClusterConfig
-from raysisa.errors import RaysisaError, ShardUnavailableError
+from raysisa.errors import ClusterUnavailableError, RaysisaError, ShardUnavailableError
 from raysisa.sisa.shard import ShardWorker
 
-__all__ = ["RayPool", "ray_session", "ray_pool"]
+__all__ = ["RayPool", "ray_session", "ray_pool", "connect"]
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +103,42 @@ class RayPool:
         self.actors.clear()
 
 
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a Ray address to probe, or None for ``auto``/``local``/unparsable."""
+    match = re.fullmatch(r"(?:ray://|https?://)?\[?([^\]/]+?)\]?:(\d{1,5})/?", address.strip())
+    return (match[1], int(match[2])) if match else None
+
+
+def connect(address: str, timeout: float = 30.0) -> None:
+    """``ray.init(address=...)``, failing within ``timeout`` seconds when nothing answers there
+    (``ray.init`` alone retries for minutes).
+
+    Raises:
+        ClusterUnavailableError: no TCP answer at the address, or Ray could not connect.
+    """
+    target = _host_port(address)
+    if target is not None:
+        try:
+            with socket.create_connection(target, timeout=timeout):
+                pass
+        except OSError as exc:
+            raise ClusterUnavailableError(
+                f"cannot reach the Ray cluster at {address} within {timeout:g}s ({exc.strerror or exc}); "
+                "check the address (ray://HOST:10001 for Ray Client, HOST:6379 on the cluster) and that the head is up"
+            ) from None
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        raise ClusterUnavailableError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
+
+
 @contextlib.contextmanager
 def ray_session(cluster: ClusterConfig | None = None) -> Iterator[None]:
     """Use the running Ray session, or connect/start one for the duration of the block.
 
-    ``cluster.address`` (or ``RAY_ADDRESS``) connects to an existing cluster; otherwise a
-    private local cluster is started (``address="local"``, never a stale one found on disk).
+    ``cluster.address`` (or ``RAY_ADDRESS``) connects to an existing cluster, failing after
+    ``cluster.connect_timeout_seconds`` if it does not answer; otherwise a private local
+    cluster is started (``address="local"``, never a stale one found on disk).
     """
     cluster = cluster or ClusterConfig()
     if ray.is_initialized():
@@ -114,7 +146,7 @@ def ray_session(cluster: ClusterConfig | None = None) -> Iterator[None]:
         return
     address = cluster.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        connect(address, cluster.connect_timeout_seconds)
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)

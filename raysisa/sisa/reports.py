@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -14,41 +15,62 @@ from raysisa.sisa.shard import SliceReport
 __all__ = ["parse_ids", "TrainReport", "UnlearnReport", "EvalReport"]
 
 
+INT64_MAX = 2**63 - 1
+_DIGITS = re.compile(r"-?[0-9]+")  # ASCII only: "²" or "٣" are digits to str.isdigit, not ids
+
+
+def _parse_id(value: Any) -> int | None:
+    """The integer a user-given id stands for, or None if it is not one (no floats, no bools)."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        return int(text) if _DIGITS.fullmatch(text) else None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    return None
+
+
 def parse_ids(values: Iterable[Any]) -> np.ndarray:
     """Validate sample ids given by a user: sorted unique int64.
 
+    Ids are integers, or strings of ASCII digits, in 0..2^63-1. Floats (even ``3.0`` or
+    JSON's ``1e30``), booleans and anything else are refused.
+
     Raises:
-        InvalidIdsError: no ids, a value that is not an integer, or a negative id.
+        InvalidIdsError: no ids, a value that is not an integer, a negative id, or one
+            beyond int64.
     """
     bad, ids = [], []
     for value in values:
-        if isinstance(value, (bool, np.bool_)):
+        parsed = _parse_id(value)
+        if parsed is None:
             bad.append(value)
-            continue
-        if isinstance(value, str):
-            text = value.strip()
-            if text.lstrip("+-").isdigit():
-                ids.append(int(text))
-            else:
-                bad.append(value)
-            continue
-        if isinstance(value, (int, np.integer)) or isinstance(value, (float, np.floating)) and float(value).is_integer():
-            ids.append(int(value))
         else:
-            bad.append(value)
+            ids.append(parsed)
     if bad:
-        shown = ", ".join(repr(b) for b in bad[:5])
+        shown = ", ".join(_show(b) for b in bad[:5])
         raise InvalidIdsError(f"{len(bad)} id(s) are not integers: {shown}; nothing was changed")
     if not ids:
         raise InvalidIdsError("no sample ids given; nothing was changed")
-    arr = np.unique(np.asarray(ids, dtype=np.int64))
-    if arr[0] < 0:
-        negative = arr[arr < 0]
+    negative = sorted(i for i in ids if i < 0)
+    if negative:
         raise InvalidIdsError(
-            f"{len(negative)} negative id(s), e.g. {', '.join(map(str, negative[:5].tolist()))}; "
+            f"{len(negative)} negative id(s), e.g. {', '.join(map(str, negative[:5]))}; "
             "sample ids are non-negative; nothing was changed"
         )
-    return arr
+    huge = sorted(i for i in ids if i > INT64_MAX)
+    if huge:
+        raise InvalidIdsError(
+            f"{len(huge)} id(s) beyond the int64 range, e.g. {huge[0]}; sample ids are at most {INT64_MAX}; "
+            "nothing was changed"
+        )
+    return np.unique(np.asarray(ids, dtype=np.int64))
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass

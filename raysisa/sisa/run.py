@@ -1,16 +1,22 @@
 """The SISA driver: create a run, train it, unlearn samples exactly, evaluate and inspect.
 
 :class:`SisaRun` holds no state beyond the store: what a shard must (re)train is derived
-by comparing the content-addressed keys of its current data with the checkpoints present.
+by comparing the checkpoint keys the committed state expects with the checkpoints present.
 That makes every operation resumable and idempotent: after a crash, running it again (or
 ``raysisa train --store``) finishes the work and nothing is trained twice.
+
+Every operation that writes holds the store's writer lease (:meth:`SisaRun.writer`) and
+first finishes any transaction a crash interrupted (:mod:`raysisa.store.run`).
 
 Exact unlearning of ids U (:meth:`SisaRun.unlearn`):
 
 1. validate U (integers, non-negative, known) before touching anything;
-2. rewrite each affected data partition without U, then the index, then record tombstones;
-3. delete every checkpoint whose key no longer matches the data (all checkpoints trained on
-   U: the affected shards' slices r* ..R), plus leftovers of interrupted writes;
+2. read and verify every object the deletion reads: the affected partitions and the
+   checkpoint each affected shard restarts from;
+3. in one transaction, write the partitions without U, the index and the tombstones as
+   new objects and commit them; then sweep the old objects and every checkpoint whose key
+   no longer matches the data (all checkpoints trained on U: the affected shards' slices
+   r*..R), plus leftovers of interrupted writes;
 4. retrain each affected shard from checkpoint r*-1 through slice R.
 
 Because slice training is a deterministic function of (previous checkpoint, data, seeds),
@@ -19,28 +25,28 @@ the result is bit-identical to training from scratch without U.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
 from raysisa.config import RunSpec, StoreConfig
-from raysisa.data.partition import plan_partition
-from raysisa.data.samples import drop_ids, take_ids
 from raysisa.data.sources import load_source
 from raysisa.data.tensors import to_tensors
-from raysisa.errors import ConfigError, InvalidIdsError, StaleStateError
+from raysisa.errors import CheckpointCorruptError, ConfigError, InvalidIdsError, StaleStateError, StoreBusyError
 from raysisa.sisa.aggregate import aggregate
-from raysisa.sisa.cost import first_slices, retrain_cost
+from raysisa.sisa.cost import retrain_cost
 from raysisa.sisa.pool import ShardPool
 from raysisa.sisa.reports import EvalReport, TrainReport, UnlearnReport, parse_ids
-from raysisa.sisa.shard import SliceReport, load_model, shard_refs
+from raysisa.sisa.shard import SliceReport, load_model
 from raysisa.store import CheckpointRef, RunStore
+from raysisa.store.lease import Lease, acquire_lease, current_holder
+from raysisa.store.run import JOURNAL, SweepReport
 from raysisa.training import predict_proba
 
 __all__ = ["SisaRun", "TrainReport", "UnlearnReport", "EvalReport", "parse_ids"]
@@ -49,8 +55,8 @@ log = logging.getLogger(__name__)
 
 
 class SisaRun:
-    """One SISA run on a store. All state lives on the store; this object caches nothing
-    that can change.
+    """One SISA run on a store. All state lives on the store; this object caches only the
+    committed state it works with, re-read whenever it takes the writer lease.
 
     Args:
         store: where the run lives.
@@ -58,59 +64,89 @@ class SisaRun:
 
     def __init__(self, store: StoreConfig | RunStore) -> None:
         self.store = store if isinstance(store, RunStore) else RunStore(store)
+        self._lease: Lease | None = None
 
     @property
     def config(self) -> StoreConfig:
         return self.store.objects.config
 
+    @classmethod
+    def open(cls, store: StoreConfig | RunStore) -> SisaRun:
+        """The run at ``store`` for reading, after finishing any interrupted transaction."""
+        run = cls(store)
+        run.recover()
+        return run
+
+    # -- the writer lease ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def writer(self, purpose: str, wait: float | None = None) -> Iterator[Lease]:
+        """Hold the store's writer lease for the block (reentrant), after finishing any
+        interrupted transaction (see :mod:`raysisa.store.run`).
+
+        Raises:
+            StoreBusyError: another process holds the lease after ``wait`` seconds
+                (default: ``StoreConfig.lease_wait_seconds``).
+        """
+        if self._lease is not None:
+            yield self._lease
+            return
+        config = self.config
+        lease = acquire_lease(
+            self.store.objects,
+            purpose,
+            ttl=config.lease_ttl_seconds,
+            wait=config.lease_wait_seconds if wait is None else wait,
+        )
+        self._lease = lease
+        try:
+            self.store.forget_cache()  # another writer may have committed since we last looked
+            self.store.recover(lease)
+            yield lease
+        finally:
+            self._lease = None
+            lease.release()
+
+    def recover(self) -> list[str]:
+        """Finish interrupted transactions, unless a live writer is still running them."""
+        if not self.store.objects.list(JOURNAL):
+            return []
+        try:
+            with self.writer("recovery", wait=0):
+                return []
+        except StoreBusyError:  # a live writer holds the lease: its transaction is not interrupted
+            return []
+
     # -- creation --------------------------------------------------------------------------
     @classmethod
     def create(cls, spec: RunSpec, store: StoreConfig, exclude_ids: Iterable[Any] | None = None) -> SisaRun:
-        """Ingest the data of ``spec`` into a new run at ``store`` (or reopen an identical one).
+        """Ingest the data of ``spec`` into a new run at ``store`` (or reopen an identical
+        one); see :meth:`ingest`."""
+        run = cls(store)
+        run.ingest(spec, exclude_ids)
+        return run
+
+    def ingest(self, spec: RunSpec, exclude_ids: Iterable[Any] | None = None) -> None:
+        """Ingest the data of ``spec`` into this (empty) store, in one transaction.
 
         ``exclude_ids`` are left out of the same partition: the reference that exact
-        unlearning of those ids must reproduce. They are recorded as tombstones.
+        unlearning of those ids must reproduce. They are recorded as tombstones. A store
+        that already holds this run is reopened.
 
         Raises:
             ConfigError: the store holds a run with another config.
+            StoreError: the store holds data but no run manifest (it is never ingested over).
             InvalidIdsError: an excluded id is not a training sample.
         """
-        run = cls(store)
         exclude_ids = [] if exclude_ids is None else list(exclude_ids)
         excluded = parse_ids(exclude_ids) if exclude_ids else np.zeros(0, np.int64)
-        if run.store.exists():
-            run._check_reopen(spec, excluded)
-            return run
-        data = load_source(spec.data)
-        train_ids = data.train["id"].to_numpy()
-        unknown = np.setdiff1d(excluded, train_ids)
-        if len(unknown):
-            raise InvalidIdsError(
-                f"{len(unknown)} excluded id(s) are not training samples of {spec.data.source}, e.g. "
-                f"{', '.join(map(str, unknown[:5].tolist()))}; nothing was written"
-            )
-        sharding = spec.sharding
-        plan = plan_partition(train_ids, sharding.num_shards, sharding.num_slices, sharding.seed)
-        live = ~np.isin(plan.ids, excluded)
-        # Rows of the source table in plan order, minus excluded ids.
-        by_id = np.argsort(train_ids)
-        rows = by_id[np.searchsorted(train_ids[by_id], plan.ids[live])]
-        ordered = data.train.take(pa.array(rows))
-        shard_col, slice_col = plan.shard[live], plan.slice[live]
-        for k in range(sharding.num_shards):
-            for r in range(1, sharding.num_slices + 1):
-                run.store.write_partition(k, r, ordered.filter(pa.array((shard_col == k) & (slice_col == r))))
-        run.store.write_test(data.test)
-        run.store.write_index(pa.table({"id": plan.ids[live], "shard": shard_col, "slice": slice_col}))
-        if len(excluded):
-            gone = ~live
-            run.store.add_tombstones(plan.ids[gone], plan.shard[gone], plan.slice[gone], "excluded at training")
-        # The manifest goes last: its presence means the data is complete.
-        run.store.write_manifest(
-            spec, data.info, {"num_train": int(data.train.num_rows), "num_test": int(data.test.num_rows)}
-        )
-        log.info("created run at %s: %d training samples, %d excluded", store.uri, live.sum(), len(excluded))
-        return run
+        with self.writer("ingest") as lease:
+            if self.store.exists():
+                self._check_reopen(spec, excluded)
+                return
+            self.store.check_empty()
+            data = load_source(spec.data)
+            state = self.store.ingest(spec, data, excluded, lease)
+            log.info("created run at %s: %d training samples, %d excluded", self.store.uri, state.index.rows, len(excluded))
 
     def _check_reopen(self, spec: RunSpec, excluded: np.ndarray) -> None:
         if self.store.fingerprint != spec.fingerprint():
@@ -129,7 +165,7 @@ class SisaRun:
     # -- state -----------------------------------------------------------------------------
     def expected_refs(self) -> dict[int, list[CheckpointRef]]:
         """For every shard, the checkpoint refs (slices 0..R) its current data calls for."""
-        return {k: shard_refs(self.store, k) for k in range(self.store.spec.sharding.num_shards)}
+        return self.store.expected_refs()
 
     def pending_work(self, expected: dict[int, list[CheckpointRef]] | None = None) -> dict[int, list[int]]:
         """Slices each shard must (re)train: from its first missing checkpoint to R."""
@@ -142,16 +178,12 @@ class SisaRun:
                 work[shard] = list(range(missing[0], len(refs)))
         return work
 
-    def purge_stale(self, expected: dict[int, list[CheckpointRef]] | None = None) -> int:
-        """Delete checkpoints that no longer match the data, and interrupted writes."""
-        expected = expected if expected is not None else self.expected_refs()
-        keep = {ref for refs in expected.values() for ref in refs}
-        stale = [ref for ref in self.store.checkpoints.list() if ref not in keep]
-        self.store.checkpoints.delete(stale)
-        self.store.objects.delete(self.store.checkpoints.orphans() + self.store.objects.list_temporary(""))
-        if stale:
-            log.info("deleted %d stale checkpoint(s) at %s", len(stale), self.store.uri)
-        return len(stale)
+    def purge_stale(self) -> int:
+        """Delete old data objects, checkpoints that no longer match the data, and
+        interrupted writes (the sweep of :mod:`raysisa.store.run`); returns the number of
+        checkpoints deleted."""
+        with self.writer("sweep") as lease:
+            return self.store.sweep(lease).checkpoints
 
     # -- training --------------------------------------------------------------------------
     def train(self, pool: ShardPool, progress: bool = False, verify: bool = False) -> TrainReport:
@@ -164,10 +196,10 @@ class SisaRun:
                 are rebuilt (bit-identically) from the last intact checkpoint before them.
         """
         started = time.perf_counter()
-        expected = self.expected_refs()
-        self.purge_stale(expected)
-        rebuilt = self.delete_corrupt(expected) if verify else 0
-        reports = self._run_work(pool, self.pending_work(expected), progress, "training")
+        with self.writer("train") as lease:
+            self.store.sweep(lease)
+            rebuilt = self.delete_corrupt() if verify else 0
+            reports = self._run_work(pool, self.pending_work(), progress, "training")
         report = self._train_report(reports, time.perf_counter() - started)
         report.checkpoints_rebuilt = rebuilt
         return report
@@ -183,7 +215,8 @@ class SisaRun:
                 if problem:
                     log.error("%s; deleting it so it is rebuilt", problem)
                     corrupt.append(ref)
-        self.store.checkpoints.delete(corrupt)
+        with self.writer("verify"):
+            self.store.checkpoints.delete(corrupt)
         return len(corrupt)
 
     def _train_report(self, reports: list[SliceReport], wall: float) -> TrainReport:
@@ -242,30 +275,45 @@ class SisaRun:
         return wanted, wanted[live_mask], wanted[~live_mask & tombstoned]
 
     def commit_deletion(self, ids: np.ndarray, reason: str = "unlearn") -> dict[int, int]:
-        """Delete the data of live ``ids``: rewrite their partitions, then the index, then
-        add tombstones. Returns the earliest affected slice per shard. Idempotent.
+        """Delete the data of live ``ids`` in one transaction: new partitions, index and
+        tombstones committed at once, then the old objects and every checkpoint trained on
+        the ids swept. Returns the earliest affected slice per shard. Idempotent: ids already
+        deleted are skipped.
 
-        Checkpoints are not touched: :meth:`purge_stale` and training follow.
+        Everything it reads is verified first (the affected partitions, and the checkpoint
+        each affected shard will restart from); a problem raises before anything is written.
         """
-        index = self.store.read_index()
-        rows = take_ids(index, ids)
-        shards, slices = rows["shard"].to_numpy(), rows["slice"].to_numpy()
-        for shard, slice_ in sorted(set(zip(shards.tolist(), slices.tolist(), strict=True))):
-            self.store.write_partition(shard, slice_, drop_ids(self.store.read_partition(shard, slice_), ids))
-        if rows.num_rows:
-            self.store.write_index(drop_ids(index, ids))
-            self.store.add_tombstones(rows["id"].to_numpy(), shards, slices, reason)
-        return first_slices(shards, slices)
+        return self._delete(ids, reason)[0]
+
+    def _delete(self, ids: np.ndarray, reason: str) -> tuple[dict[int, int], SweepReport | None]:
+        with self.writer(f"delete ({reason})") as lease:
+            plan = self.store.plan_delete(np.asarray(ids, dtype=np.int64))
+            if not len(plan.ids):
+                return {}, None
+            self._verify_restart_points(plan.first_slices)
+            return plan.first_slices, self.store.commit_delete(plan, reason, lease)
+
+    def _verify_restart_points(self, first: dict[int, int]) -> None:
+        """The checkpoint before each shard's earliest affected slice must be intact."""
+        expected = self.expected_refs()
+        for shard, slice_ in first.items():
+            ref = expected[shard][slice_ - 1]
+            problem = self.store.checkpoints.verify(ref) if self.store.checkpoints.exists(ref) else None
+            if problem:
+                raise CheckpointCorruptError(
+                    f"{problem}. Shard {shard} would restart from it, so nothing was deleted: rebuild it with "
+                    f"`raysisa train --store {self.store.uri} --verify`, then retry"
+                )
 
     def retrain_shards(self, pool: ShardPool, shards: Iterable[int] | None = None, progress: bool = False) -> list[SliceReport]:
-        """Purge stale checkpoints, then train the pending slices of ``shards`` (default: all)."""
-        expected = self.expected_refs()
-        self.purge_stale(expected)
-        work = self.pending_work(expected)
-        if shards is not None:
-            chosen = set(shards)
-            work = {k: v for k, v in work.items() if k in chosen}
-        return self._run_work(pool, work, progress, "retraining")
+        """Sweep, then train the pending slices of ``shards`` (default: all)."""
+        with self.writer("retrain") as lease:
+            self.store.sweep(lease)
+            work = self.pending_work()
+            if shards is not None:
+                chosen = set(shards)
+                work = {k: v for k, v in work.items() if k in chosen}
+            return self._run_work(pool, work, progress, "retraining")
 
     def unlearn(self, ids: Iterable[Any], pool: ShardPool, progress: bool = False) -> UnlearnReport:
         """Exactly unlearn ``ids`` (see the module docstring).
@@ -274,11 +322,11 @@ class SisaRun:
             InvalidIdsError: malformed or unknown ids; the store is left unchanged.
         """
         started = time.perf_counter()
-        wanted, deleting, already = self.check_ids(ids)
-        first = self.commit_deletion(deleting)
-        expected = self.expected_refs()
-        purged = self.purge_stale(expected)
-        reports = self._run_work(pool, self.pending_work(expected), progress, "retraining")
+        with self.writer("unlearn") as lease:
+            wanted, deleting, already = self.check_ids(ids)
+            first, sweep = self._delete(deleting, "unlearn")
+            sweep = sweep or self.store.sweep(lease)
+            reports = self._run_work(pool, self.pending_work(), progress, "retraining")
         if len(deleting):
             message = f"deleted {len(deleting)} sample(s) from {len(first)} shard(s)"
             if len(already):
@@ -298,7 +346,7 @@ class SisaRun:
             sample_grads=sum(r.sample_grads for r in trained),
             compute_seconds=sum(r.seconds for r in trained),
             wall_seconds=time.perf_counter() - started,
-            checkpoints_deleted=purged,
+            checkpoints_deleted=sweep.checkpoints,
             slices=reports,
         )
 
@@ -372,13 +420,13 @@ class SisaRun:
         """Config, shards, slices, checkpoints and per-shard ``model_sha256``."""
         manifest = self.store.manifest()
         spec = self.store.spec
+        state = self.store.state()
+        holder = current_holder(self.store.objects)
         present = set(self.store.checkpoints.list())
         overlays = {ref.shard: ref for ref in self.store.overlays.list()}
         shards, expected_all = [], set()
-        for shard in range(spec.sharding.num_shards):
-            slice_ids = self.store.slice_ids(shard)
-            sizes = [len(s) for s in slice_ids]
-            refs = shard_refs(self.store, shard, slice_ids)
+        for shard, refs in self.expected_refs().items():
+            sizes = state.slice_sizes(shard)
             expected_all.update(refs)
             checkpoints = []
             for ref in refs:
@@ -422,6 +470,9 @@ class SisaRun:
             "store": self.store.uri,
             "fingerprint": manifest["fingerprint"],
             "created_at": manifest["created_at"],
+            "version": state.version,
+            "last_change": state.txn,
+            "writer": holder.describe() if holder is not None and not holder.free() else None,
             "config": spec.to_dict(),
             "data": {
                 **self.store.info.to_dict(),

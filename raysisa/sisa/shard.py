@@ -25,11 +25,13 @@ import torch
 from torch import nn
 
 from raysisa.config import RunSpec, StoreConfig, slice_epochs
+from raysisa.crashpoints import crash_point
 from raysisa.data.samples import DatasetInfo
 from raysisa.data.tensors import to_tensors
+from raysisa.errors import StoreError
 from raysisa.models import build_model
 from raysisa.store import CheckpointRef, RunStore, slice_keys, tensors_sha256
-from raysisa.store.run import MANIFEST, TEST_KEY, parquet_table
+from raysisa.store.run import MANIFEST, parquet_table
 from raysisa.training import (
     build_optimizer,
     derive_seed,
@@ -64,9 +66,11 @@ class SliceReport:
 
 
 def shard_refs(run: RunStore, shard: int, slice_ids: list | None = None) -> list[CheckpointRef]:
-    """Checkpoint refs of slices 0..R of ``shard`` for the data now on the store."""
-    ids = run.slice_ids(shard) if slice_ids is None else slice_ids
-    keys = slice_keys(run.fingerprint, shard, ids)
+    """Checkpoint refs of slices 0..R of ``shard``: those the committed state expects, or,
+    given ``slice_ids`` (each slice's ids in training order), those of that data."""
+    if slice_ids is None:
+        return run.expected_refs()[shard]
+    keys = slice_keys(run.fingerprint, shard, slice_ids)
     return [CheckpointRef(shard, r, key) for r, key in enumerate(keys)]
 
 
@@ -112,24 +116,39 @@ class ShardWorker:
         return os.getpid()
 
     def _run(self, store: StoreConfig) -> _Run:
+        """The run at ``store``, with its latest committed state (the driver holds the lease
+        and has committed before calling, so this is the state it works with)."""
         # Keyed by the manifest's content too: a store URI reused for a new run is a new run.
         key = store.model_dump_json() + hashlib.sha256(RunStore(store).objects.get_bytes(MANIFEST)).hexdigest()
         if key not in self._runs:
             if len(self._runs) >= 8:  # a long-lived actor serves few runs at a time
                 self._runs.pop(next(iter(self._runs)))
             self._runs[key] = _Run(store)
-        return self._runs[key]
+        run = self._runs[key]
+        run.store.refresh()
+        return run
 
     def _configure_torch(self, spec: RunSpec) -> None:
         torch.set_num_threads(spec.train.threads)
         if self.device == "cpu":
             torch.use_deterministic_algorithms(True)
 
-    def _slices(self, run: _Run) -> tuple[list, list[bytes]]:
-        """(ids per slice, raw partition bytes per slice) for this shard."""
+    def _slices(self, run: _Run) -> tuple[list, list[bytes], list[CheckpointRef]]:
+        """(ids per slice, raw partition bytes per slice, checkpoint refs) of this shard.
+
+        The refs are computed from the partitions' ids and must equal the committed
+        state's: a mismatch means the store was modified outside raysisa, and nothing
+        is trained on it."""
         blobs = [run.store.read_partition_bytes(self.shard, r) for r in range(1, run.spec.sharding.num_slices + 1)]
         tables = [parquet_table(b, f"shard {self.shard} slice {r}") for r, b in enumerate(blobs, start=1)]
-        return [t["id"].to_numpy() for t in tables], blobs
+        ids = [t["id"].to_numpy() for t in tables]
+        refs = shard_refs(run.store, self.shard, ids)
+        if refs != run.store.expected_refs()[self.shard]:
+            raise StoreError(
+                f"shard {self.shard}: the partitions of commit {run.store.state().version} at {run.store.uri} do not "
+                "match the checkpoint keys it records; the store was modified outside raysisa"
+            )
+        return ids, blobs, refs
 
     def _tensors(self, blob: bytes, run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
         digest = hashlib.sha256(blob).hexdigest()
@@ -147,14 +166,13 @@ class ShardWorker:
         """Make sure checkpoint ``slice_`` exists for the current data; train it if not."""
         run = self._run(store)
         self._configure_torch(run.spec)
-        ids, blobs = self._slices(run)
-        refs = shard_refs(run.store, self.shard, ids)
+        ids, blobs, refs = self._slices(run)
         ref = refs[slice_]
         if run.store.checkpoints.exists(ref):
             return SliceReport(self.shard, slice_, ref.key, trained=False)
-        if slice_ == 0:
-            return self._write_init(run, ref)
-        return self._train(run, refs, ids, blobs, slice_)
+        report = self._write_init(run, ref) if slice_ == 0 else self._train(run, refs, ids, blobs, slice_)
+        crash_point("train.slice")
+        return report
 
     def _write_init(self, run: _Run, ref: CheckpointRef) -> SliceReport:
         torch.manual_seed(derive_seed(run.spec.train.seed, self.shard, 0, 0))
@@ -256,8 +274,7 @@ class ShardWorker:
 
         run = self._run(store)
         self._configure_torch(run.spec)
-        ids, blobs = self._slices(run)
-        refs = shard_refs(run.store, self.shard, ids)
+        ids, blobs, refs = self._slices(run)
         parts = [self._tensors(b, run) for b in blobs]
         self._keep_decoded(blobs)
         if retain_slices is not None:
@@ -299,8 +316,7 @@ class ShardWorker:
     def predict_test(self, store: StoreConfig, ref: CheckpointRef | None = None) -> torch.Tensor:
         """Softmax probabilities of checkpoint ``ref`` (default: the latest) on the test split."""
         run = self._run(store)
-        blob = run.store.objects.get_bytes(TEST_KEY)
-        digest = hashlib.sha256(blob).hexdigest()
+        digest = run.store.state().test.sha256
         if digest not in self._test:
-            self._test = {digest: to_tensors(parquet_table(blob, "test split"), run.info)[0]}
+            self._test = {digest: to_tensors(run.store.read_test(), run.info)[0]}
         return self.predict(store, self._test[digest], ref)

@@ -1,24 +1,50 @@
-"""A SISA run's layout on the object store::
+"""A SISA run's layout on the object store, and the transactions that change its data.
 
-    raysisa.json                                  run manifest: RunSpec, fingerprint, data info
-    data/train/shard=<k>/slice=<r>/part-0.parquet the samples of one slice (id, label, image)
-    data/test/part-0.parquet                      the test split
-    index/assignment.parquet                      id -> (shard, slice) of every live sample
-    index/tombstones.parquet                      ids deleted (or excluded), never their contents
-    checkpoints/...                               see :mod:`raysisa.store.checkpoints`
-    approx/shard=<k>/slice=<R>/<key>.*            a shard's approximately unlearned model (coordinator)
+::
 
-A partition file is rewritten in place (atomically) when one of its samples is deleted, so
-deleting a sample rewrites exactly one data object and leaves no copy of its bytes behind.
-The partitions are the source of truth for what a shard trains on; the index is a lookup
-table rewritten after them.
+    raysisa.json                                    run manifest: RunSpec, fingerprint, data info (written once)
+    _log/commits/<version>.json                     committed states (RunState); the highest version is the run
+    _log/journal/<version>.json                     the intent of the transaction that will commit <version>
+    _log/lease/<token>.json                         the writer lease (see raysisa.store.lease)
+    data/train/shard=<k>/slice=<r>/part-<v>.parquet the samples of one slice (id, label, image), as of version v
+    data/test/part-<v>.parquet                      the test split
+    index/assignment-<v>.parquet                    id -> (shard, slice) of every live sample, in training order
+    index/tombstones-<v>.parquet                    ids deleted (or excluded), never their contents
+    checkpoints/...                                 see raysisa.store.checkpoints
+    approx/shard=<k>/slice=<R>/<key>.*              a shard's approximately unlearned model (coordinator)
+
+**Transactions.** The ingest and every deletion change the data in one atomic step:
+
+1. the writer holds the store's lease (:mod:`raysisa.store.lease`) and has read and
+   verified (sha256) every object the change reads;
+2. it writes its intent to ``_log/journal/<v>.json`` (a conditional create): the ids to
+   delete, or the recipe to ingest — enough to redo the change from the committed state;
+3. it writes the new objects under new keys (``part-<v>``, ``assignment-<v>``...), never
+   over a committed one;
+4. it commits: after checking it still holds the lease, it creates
+   ``_log/commits/<v>.json`` (a conditional create, so of two writers only one can commit
+   version v). Before this step readers see version v-1 complete; after it, version v;
+5. it sweeps: every data object the new state does not name (the old partitions holding
+   the deleted samples, old index and tombstones, leftovers) and every checkpoint whose key
+   the new state does not expect; then it deletes the journal.
+
+**Recovery.** :meth:`RunStore.recover` runs before any writer does anything else, and
+before readers read: an open journal means a transaction was interrupted. If its commit
+exists, the sweep is finished; otherwise the change is redone from the journal (the same
+ids deleted from the same committed state, or the same recipe ingested) and committed.
+A deletion that reached its journal is therefore never lost, and a partial one is never
+visible.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,22 +52,38 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysisa.config import RunSpec, StoreConfig
-from raysisa.data.samples import SAMPLE_SCHEMA, DatasetInfo
-from raysisa.errors import StoreError, StoreNotFoundError
-from raysisa.store.checkpoints import CheckpointStore
+from raysisa.crashpoints import crash_point
+from raysisa.data.samples import SAMPLE_SCHEMA, DatasetInfo, SourceData, drop_ids, take_ids
+from raysisa.errors import ConfigError, ConflictError, InvalidIdsError, StoreError, StoreNotFoundError
+from raysisa.store.checkpoints import CheckpointRef, CheckpointStore
+from raysisa.store.keys import slice_keys
+from raysisa.store.lease import LEASE_PREFIX, Lease
 from raysisa.store.objects import ObjectStore
+from raysisa.store.state import ObjectRef, RunState
 
-__all__ = ["RunStore", "MANIFEST", "TEST_KEY", "TOMBSTONE_SCHEMA", "parquet_bytes", "parquet_table"]
+__all__ = [
+    "RunStore",
+    "DeletePlan",
+    "SweepReport",
+    "MANIFEST",
+    "FORMAT_VERSION",
+    "TOMBSTONE_SCHEMA",
+    "parquet_bytes",
+    "parquet_table",
+]
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "raysisa.json"
-FORMAT_VERSION = 1
-INDEX = "index/assignment.parquet"
-TOMBSTONES = "index/tombstones.parquet"
-TEST_KEY = "data/test/part-0.parquet"
+FORMAT_VERSION = 2
+COMMITS = "_log/commits"
+JOURNAL = "_log/journal"
+KEEP_COMMITS = 10  # older commits name only objects that are gone; keep a short history
 TOMBSTONE_SCHEMA = pa.schema(
     [("id", pa.int64()), ("shard", pa.int64()), ("slice", pa.int64()), ("deleted_at", pa.string()), ("reason", pa.string())]
 )
 INDEX_SCHEMA = pa.schema([("id", pa.int64()), ("shard", pa.int64()), ("slice", pa.int64())])
+_VERSION_RE = re.compile(r"/(\d{12})\.json$")
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -61,6 +103,53 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
+def _versioned(prefix: str, version: int) -> str:
+    return f"{prefix}/{version:012d}.json"
+
+
+def _versions(keys: list[str]) -> list[int]:
+    return sorted(int(m[1]) for k in keys if (m := _VERSION_RE.search(k)))
+
+
+def index_keys(fingerprint: str, index: pa.Table, shards: list[int], num_slices: int) -> dict[int, tuple[str, ...]]:
+    """Checkpoint keys of ``shards`` from the index, whose order within a slice is the
+    partition's training order (ingest writes both in plan order; deletions keep order)."""
+    ids = index["id"].to_numpy()
+    shard_col, slices = index["shard"].to_numpy(), index["slice"].to_numpy()
+    keys = {}
+    for k in shards:
+        in_shard = shard_col == k
+        keys[k] = tuple(slice_keys(fingerprint, k, [ids[in_shard & (slices == r)] for r in range(1, num_slices + 1)]))
+    return keys
+
+
+@dataclass
+class DeletePlan:
+    """A deletion read and verified, ready to commit (nothing written yet)."""
+
+    ids: np.ndarray  # live ids to delete, sorted
+    rows: pa.Table  # their index rows: id, shard, slice
+    tables: dict[tuple[int, int], pa.Table]  # the affected partitions as committed (verified)
+    tombstones: pa.Table  # the committed tombstones (verified)
+    parent: int  # the state version it was planned against
+
+    @property
+    def first_slices(self) -> dict[int, int]:
+        """The earliest affected slice r* per shard."""
+        out: dict[int, int] = {}
+        for shard, slice_ in zip(self.rows["shard"].to_pylist(), self.rows["slice"].to_pylist(), strict=True):
+            out[shard] = min(out.get(shard, slice_), slice_)
+        return dict(sorted(out.items()))
+
+
+@dataclass
+class SweepReport:
+    data_objects: int = 0
+    checkpoints: int = 0
+    leftovers: int = 0
+    finished: list[str] = field(default_factory=list)  # interrupted transactions completed
+
+
 class RunStore:
     """The files of one SISA run under a store URI."""
 
@@ -70,6 +159,7 @@ class RunStore:
         # approximately unlearned shard models served until exactness is restored
         self.overlays = CheckpointStore(self.objects, prefix="approx")
         self._manifest: dict[str, Any] | None = None
+        self._state: RunState | None = None
 
     def __reduce__(self):
         return (RunStore, (self.objects.config,))
@@ -80,27 +170,54 @@ class RunStore:
 
     # -- run manifest ----------------------------------------------------------------------
     def exists(self) -> bool:
+        """Whether a run manifest is here (it may still be invalid: see :meth:`manifest`)."""
         return self.objects.exists(MANIFEST)
 
-    def write_manifest(self, spec: RunSpec, info: DatasetInfo, extra: dict[str, Any]) -> None:
-        self._manifest = {
-            "format_version": FORMAT_VERSION,
-            "spec": spec.to_dict(),
-            "fingerprint": spec.fingerprint(),
-            "info": info.to_dict(),
-            "created_at": now(),
-            **extra,
-        }
-        self.objects.put_json(MANIFEST, self._manifest)
+    def initialised(self) -> bool:
+        """Whether a run is here, or an interrupted ingest that :meth:`recover` will finish."""
+        return self.exists() or any(True for _ in self.objects.list(JOURNAL))
+
+    def check_empty(self) -> None:
+        """Raise unless the store holds nothing but (possibly) a lease: ingesting is safe.
+
+        Raises:
+            StoreError: the store holds objects but no run manifest (see :meth:`manifest`).
+        """
+        problem = self._not_a_run()
+        if not isinstance(problem, StoreNotFoundError):
+            raise problem
+
+    def _not_a_run(self) -> StoreError:
+        """The error for a store without a manifest: empty, or data without a manifest."""
+        present = [k for k in self.objects.list("") if not k.startswith((LEASE_PREFIX, JOURNAL))]
+        if not present:
+            return StoreNotFoundError(f"no raysisa run at {self.uri} (missing {MANIFEST}); create one with `raysisa train`")
+        return StoreError(
+            f"store {self.uri} holds {len(present)} object(s) (e.g. {present[0]}) but no valid {MANIFEST}: it is not a "
+            f"raysisa run, or its manifest was removed. raysisa refuses to use it or to ingest over it (that could bring "
+            f"deleted samples back); restore {MANIFEST}, or use an empty store"
+        )
 
     def manifest(self) -> dict[str, Any]:
+        """The validated run manifest.
+
+        Raises:
+            StoreNotFoundError: the store is empty.
+            StoreError: the manifest is missing while data is present, or is not a valid
+                manifest of this raysisa's format.
+        """
         if self._manifest is None:
             try:
-                self._manifest = self.objects.get_json(MANIFEST)
+                raw = self.objects.get_bytes(MANIFEST)
             except StoreNotFoundError:
-                raise StoreNotFoundError(
-                    f"no raysisa run at {self.uri} (missing {MANIFEST}); create one with `raysisa train`"
-                ) from None
+                raise self._not_a_run() from None
+            manifest = _check_manifest(raw, self.objects.uri(MANIFEST))
+            try:
+                RunSpec.from_dict(manifest["spec"])
+                DatasetInfo.from_dict(manifest["info"])
+            except (ConfigError, TypeError, ValueError) as exc:
+                raise StoreError(f"{self.objects.uri(MANIFEST)} is not a valid run manifest: {exc}") from None
+            self._manifest = manifest
         return self._manifest
 
     @property
@@ -115,63 +232,370 @@ class RunStore:
     def fingerprint(self) -> str:
         return self.manifest()["fingerprint"]
 
-    # -- data partitions -------------------------------------------------------------------
-    @staticmethod
-    def partition_key(shard: int, slice_: int) -> str:
-        return f"data/train/shard={shard}/slice={slice_}/part-0.parquet"
+    # -- committed state -------------------------------------------------------------------
+    def forget_cache(self) -> None:
+        """Drop the cached manifest and state: the next read sees the store as it is now."""
+        self._manifest = None
+        self._state = None
 
-    def write_partition(self, shard: int, slice_: int, table: pa.Table) -> None:
-        self.objects.put_bytes(self.partition_key(shard, slice_), parquet_bytes(table.cast(SAMPLE_SCHEMA)))
+    def latest_version(self) -> int:
+        """The highest committed version (0: nothing committed)."""
+        versions = _versions(self.objects.list(COMMITS))
+        return versions[-1] if versions else 0
+
+    def read_state(self, version: int) -> RunState:
+        key = _versioned(COMMITS, version)
+        return RunState.from_dict(self.objects.get_json(key), self.objects.uri(key))
+
+    def refresh(self) -> RunState:
+        """Read the latest committed state (and the manifest) from the store."""
+        self.manifest()
+        version = self.latest_version()
+        if version == 0:
+            raise StoreError(
+                f"the run at {self.uri} has a manifest but no committed data: its ingest was interrupted. "
+                f"Finish it with `raysisa train --store {self.uri}`"
+            )
+        if self._state is None or self._state.version != version:
+            self._state = self.read_state(version)
+        return self._state
+
+    def state(self) -> RunState:
+        """The committed state this object works with (read once; see :meth:`refresh`)."""
+        return self._state if self._state is not None else self.refresh()
+
+    # -- verified reads --------------------------------------------------------------------
+    def _read(self, pick: Callable[[RunState], ObjectRef]) -> bytes:
+        """Bytes of the object ``pick`` names in the current state, sha256-verified. If a
+        newer commit swept it away meanwhile, the newer state's object is read instead."""
+        ref = pick(self.state())
+        try:
+            data = self.objects.get_bytes(ref.key)
+        except StoreNotFoundError:
+            newer = pick(self.refresh())
+            if newer == ref:
+                raise StoreError(
+                    f"{self.objects.uri(ref.key)} is missing, but commit {self.state().version} of the run needs it: "
+                    "the store was modified by something other than raysisa"
+                ) from None
+            return self._read(pick)
+        if len(data) != ref.size or _sha256(data) != ref.sha256:
+            raise StoreError(
+                f"{self.objects.uri(ref.key)} is corrupt: {len(data)} bytes whose sha256 does not match commit "
+                f"{self.state().version} ({ref.size} bytes expected); nothing was changed"
+            )
+        return data
 
     def read_partition_bytes(self, shard: int, slice_: int) -> bytes:
-        return self.objects.get_bytes(self.partition_key(shard, slice_))
+        self._check_partition(shard, slice_)
+        return self._read(lambda s: s.partitions[(shard, slice_)])
 
     def read_partition(self, shard: int, slice_: int, columns: list[str] | None = None) -> pa.Table:
-        key = self.partition_key(shard, slice_)
-        table = parquet_table(self.objects.get_bytes(key), self.objects.uri(key))
+        table = parquet_table(self.read_partition_bytes(shard, slice_), f"shard {shard} slice {slice_}")
         return table.select(columns) if columns else table
+
+    def _check_partition(self, shard: int, slice_: int) -> None:
+        if (shard, slice_) not in self.state().partitions:
+            raise StoreError(f"the run at {self.uri} has no shard {shard} slice {slice_}")
 
     def slice_ids(self, shard: int) -> list[np.ndarray]:
         """The ids in each slice 1..R of ``shard``, in training order (read from the partitions)."""
         slices = self.spec.sharding.num_slices
         return [self.read_partition(shard, r, ["id"])["id"].to_numpy() for r in range(1, slices + 1)]
 
-    def write_test(self, table: pa.Table) -> None:
-        self.objects.put_bytes(TEST_KEY, parquet_bytes(table.cast(SAMPLE_SCHEMA)))
-
     def read_test(self) -> pa.Table:
-        return parquet_table(self.objects.get_bytes(TEST_KEY), self.objects.uri(TEST_KEY))
-
-    def data_keys(self) -> list[str]:
-        """Every data object (train partitions and test split)."""
-        return self.objects.list("data")
-
-    # -- index and tombstones --------------------------------------------------------------
-    def write_index(self, table: pa.Table) -> None:
-        self.objects.put_bytes(INDEX, parquet_bytes(table.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA)))
+        return parquet_table(self._read(lambda s: s.test), "the test split")
 
     def read_index(self) -> pa.Table:
-        return parquet_table(self.objects.get_bytes(INDEX), self.objects.uri(INDEX))
+        return parquet_table(self._read(lambda s: s.index), "the index")
 
     def tombstones(self) -> pa.Table:
-        if not self.objects.exists(TOMBSTONES):
-            return TOMBSTONE_SCHEMA.empty_table()
-        return parquet_table(self.objects.get_bytes(TOMBSTONES), self.objects.uri(TOMBSTONES))
+        return parquet_table(self._read(lambda s: s.tombstones), "the tombstones")
 
-    def add_tombstones(self, ids: np.ndarray, shards: np.ndarray, slices: np.ndarray, reason: str) -> None:
-        stamp = now()
-        new = pa.table(
-            {
-                "id": pa.array(ids, pa.int64()),
-                "shard": pa.array(shards, pa.int64()),
-                "slice": pa.array(slices, pa.int64()),
-                "deleted_at": pa.array([stamp] * len(ids), pa.string()),
-                "reason": pa.array([reason] * len(ids), pa.string()),
-            }
+    def expected_refs(self) -> dict[int, list[CheckpointRef]]:
+        """For every shard, the checkpoints (slices 0..R) its current data calls for."""
+        return {k: [CheckpointRef(k, r, key) for r, key in enumerate(keys)] for k, keys in self.state().keys.items()}
+
+    def data_keys(self) -> list[str]:
+        """Every data object on the store, current or not (train partitions and test split)."""
+        return self.objects.list("data")
+
+    # -- transactions ----------------------------------------------------------------------
+    def journals(self) -> list[dict[str, Any]]:
+        """Intents of interrupted (or running) transactions, oldest first."""
+        return [self.objects.get_json(_versioned(JOURNAL, v)) for v in _versions(self.objects.list(JOURNAL))]
+
+    def _begin(self, txn: dict[str, Any], lease: Lease) -> None:
+        lease.check()
+        if not self.objects.create_json(_versioned(JOURNAL, txn["version"]), txn):
+            existing = self.objects.get_json(_versioned(JOURNAL, txn["version"]))
+            if existing.get("id") != txn["id"]:
+                raise ConflictError(f"another transaction ({existing.get('kind')}) is already writing version {txn['version']} of {self.uri}")
+        crash_point(f"{txn['kind']}.begin")
+
+    def _put(self, txn: dict[str, Any], key: str, data: bytes, rows: int) -> ObjectRef:
+        self.objects.put_bytes(key, data)
+        crash_point(f"{txn['kind']}.object")
+        return ObjectRef.of(key, data, rows)
+
+    def _commit(self, state: RunState, lease: Lease) -> None:
+        """Publish ``state`` (the fence: lease check, then a conditional create)."""
+        lease.check()
+        key = _versioned(COMMITS, state.version)
+        if not self.objects.create_json(key, state.to_dict()):
+            winner = self.read_state(state.version)
+            if winner.txn.get("id") != state.txn["id"]:
+                raise ConflictError(
+                    f"another writer committed version {state.version} of {self.uri} first ({winner.txn.get('kind')}); "
+                    "nothing was committed: re-run the command"
+                )
+        self._state = state
+        crash_point(f"{state.txn['kind']}.committed")
+
+    def _finish(self, txn: dict[str, Any], lease: Lease) -> SweepReport:  # the sweep, then the journal goes
+        report = self.sweep(lease, txn["kind"])
+        self.objects.delete(_versioned(JOURNAL, txn["version"]))
+        crash_point(f"{txn['kind']}.done")
+        return report
+
+    def _txn(self, kind: str, version: int, lease: Lease, **intent: Any) -> dict[str, Any]:
+        return {
+            "id": uuid.uuid4().hex,
+            "kind": kind,
+            "version": version,
+            "parent": version - 1,
+            "lease_token": lease.token,
+            "started_at": now(),
+            **intent,
+        }
+
+    # ingest ---------------------------------------------------------------------------------
+    def ingest(self, spec: RunSpec, data: SourceData, excluded: np.ndarray, lease: Lease) -> RunState:
+        """Create the run: partitions, test split, index, tombstones of excluded ids, then the
+        manifest and commit 1. The store must hold no run (and no data).
+
+        Raises:
+            InvalidIdsError: an excluded id is not a training sample (nothing written).
+        """
+        train_ids = data.train["id"].to_numpy()
+        unknown = np.setdiff1d(excluded, train_ids)
+        if len(unknown):
+            raise InvalidIdsError(
+                f"{len(unknown)} excluded id(s) are not training samples of {spec.data.source}, e.g. "
+                f"{', '.join(map(str, unknown[:5].tolist()))}; nothing was written"
+            )
+        if self.objects.exists(MANIFEST) or self.latest_version():
+            raise ConflictError(f"a run already exists at {self.uri}")
+        txn = self._txn("ingest", 1, lease, spec=spec.to_dict(), exclude_ids=[int(i) for i in excluded])
+        self._begin(txn, lease)
+        state = self._apply_ingest(txn, data)
+        self._commit(state, lease)
+        self._finish(txn, lease)
+        return state
+
+    def _apply_ingest(self, txn: dict[str, Any], data: SourceData | None = None) -> RunState:
+        from raysisa.data.partition import plan_partition
+        from raysisa.data.sources import load_source
+
+        spec = RunSpec.from_dict(txn["spec"])
+        data = data if data is not None else load_source(spec.data)
+        excluded = np.asarray(txn["exclude_ids"], dtype=np.int64)
+        version, sharding = txn["version"], spec.sharding
+        train_ids = data.train["id"].to_numpy()
+        plan = plan_partition(train_ids, sharding.num_shards, sharding.num_slices, sharding.seed)
+        live = ~np.isin(plan.ids, excluded)
+        # Rows of the source table in plan order, minus excluded ids.
+        by_id = np.argsort(train_ids)
+        ordered = data.train.take(pa.array(by_id[np.searchsorted(train_ids[by_id], plan.ids[live])])).cast(SAMPLE_SCHEMA)
+        shard_col, slice_col = plan.shard[live], plan.slice[live]
+        partitions = {}
+        for k in range(sharding.num_shards):
+            for r in range(1, sharding.num_slices + 1):
+                table = ordered.filter(pa.array((shard_col == k) & (slice_col == r)))
+                partitions[(k, r)] = self._put(txn, partition_key(k, r, version), parquet_bytes(table), table.num_rows)
+        test = data.test.cast(SAMPLE_SCHEMA)
+        test_ref = self._put(txn, f"data/test/part-{version:06d}.parquet", parquet_bytes(test), test.num_rows)
+        index = pa.table({"id": plan.ids[live], "shard": shard_col, "slice": slice_col}, schema=INDEX_SCHEMA)
+        index_ref = self._put(txn, f"index/assignment-{version:06d}.parquet", parquet_bytes(index), index.num_rows)
+        gone = ~live
+        tombstones = _tombstones(plan.ids[gone], plan.shard[gone], plan.slice[gone], txn["started_at"], "excluded at training")
+        tomb_ref = self._put(txn, f"index/tombstones-{version:06d}.parquet", parquet_bytes(tombstones), tombstones.num_rows)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "spec": spec.to_dict(),
+            "fingerprint": spec.fingerprint(),
+            "info": data.info.to_dict(),
+            "created_at": txn["started_at"],
+            "num_train": int(data.train.num_rows),
+            "num_test": int(data.test.num_rows),
+        }
+        if not self.objects.create_json(MANIFEST, manifest):
+            existing = _check_manifest(self.objects.get_bytes(MANIFEST), self.objects.uri(MANIFEST))
+            if existing["fingerprint"] != manifest["fingerprint"]:
+                raise ConflictError(f"another run was created at {self.uri} meanwhile")
+        self._manifest = None
+        crash_point("ingest.manifest")
+        return RunState(
+            version=version,
+            partitions=partitions,
+            test=test_ref,
+            index=index_ref,
+            tombstones=tomb_ref,
+            keys=index_keys(spec.fingerprint(), index, list(range(sharding.num_shards)), sharding.num_slices),
+            txn=_summary(txn, excluded=int(gone.sum())),
         )
-        self.objects.put_bytes(TOMBSTONES, parquet_bytes(pa.concat_tables([self.tombstones(), new])))
+
+    # deletion -------------------------------------------------------------------------------
+    def plan_delete(self, ids: np.ndarray) -> DeletePlan:
+        """Read and verify everything deleting the live ``ids`` will read (nothing written)."""
+        state = self.state()
+        rows = take_ids(self.read_index(), ids)
+        affected = sorted(set(zip(rows["shard"].to_pylist(), rows["slice"].to_pylist(), strict=True)))
+        tables = {(k, r): self.read_partition(k, r) for k, r in affected}
+        return DeletePlan(np.sort(rows["id"].to_numpy()), rows, tables, self.tombstones(), state.version)
+
+    def commit_delete(self, plan: DeletePlan, reason: str, lease: Lease) -> SweepReport:
+        """Delete the planned ids in one transaction (see the module docstring); returns
+        what its sweep deleted."""
+        state = self.state()
+        if state.version != plan.parent:
+            raise ConflictError(f"the run at {self.uri} changed since the deletion was planned; plan it again")
+        txn = self._txn("delete", state.version + 1, lease, ids=[int(i) for i in plan.ids], reason=reason)
+        self._begin(txn, lease)
+        self._commit(self._apply_delete(txn, plan.tables, plan.tombstones), lease)
+        return self._finish(txn, lease)
+
+    def _apply_delete(
+        self, txn: dict[str, Any], tables: dict[tuple[int, int], pa.Table] | None = None, tombstones: pa.Table | None = None
+    ) -> RunState:
+        state, version = self.state(), txn["version"]
+        ids = np.asarray(txn["ids"], dtype=np.int64)
+        index = self.read_index()
+        rows = take_ids(index, ids)
+        partitions = dict(state.partitions)
+        for k, r in sorted(set(zip(rows["shard"].to_pylist(), rows["slice"].to_pylist(), strict=True))):
+            table = tables[(k, r)] if tables and (k, r) in tables else self.read_partition(k, r)
+            kept = drop_ids(table, ids)
+            partitions[(k, r)] = self._put(txn, partition_key(k, r, version), parquet_bytes(kept), kept.num_rows)
+        remaining = drop_ids(index, ids)
+        index_ref = self._put(txn, f"index/assignment-{version:06d}.parquet", parquet_bytes(remaining), remaining.num_rows)
+        new_rows = _tombstones(rows["id"].to_numpy(), rows["shard"].to_numpy(), rows["slice"].to_numpy(), txn["started_at"], txn["reason"])
+        tombstones = pa.concat_tables([tombstones if tombstones is not None else self.tombstones(), new_rows])
+        tomb_ref = self._put(txn, f"index/tombstones-{version:06d}.parquet", parquet_bytes(tombstones), tombstones.num_rows)
+        affected = sorted(set(rows["shard"].to_pylist()))
+        keys = {**state.keys, **index_keys(self.fingerprint, remaining, affected, self.spec.sharding.num_slices)}
+        return RunState(version, partitions, state.test, index_ref, tomb_ref, keys, _summary(txn, deleted=rows.num_rows))
+
+    # recovery and sweeping --------------------------------------------------------------------
+    def recover(self, lease: Lease) -> list[str]:
+        """Finish every interrupted transaction (see the module docstring); returns what was done."""
+        done = []
+        for txn in self.journals():
+            latest = self.latest_version()
+            committed = txn["version"] <= latest and self.read_state(txn["version"]).txn.get("id") == txn["id"]
+            if committed:
+                what = "finished the sweep of"
+            elif txn["kind"] == "delete":
+                if txn["parent"] != latest:  # planned against an older state: redo it on the latest
+                    self.objects.delete(_versioned(JOURNAL, txn["version"]))
+                    txn = {**txn, "version": latest + 1, "parent": latest, "lease_token": lease.token}
+                    self._begin(txn, lease)
+                self.refresh()
+                self._commit(self._apply_delete(txn), lease)
+                what = "completed"
+            elif txn["kind"] == "ingest" and latest == 0:
+                self._commit(self._apply_ingest(txn), lease)
+                what = "completed"
+            else:  # an ingest into a store that meanwhile has a run: obsolete
+                what = "discarded"
+            self._finish(txn, lease)
+            message = f"{what} an interrupted {txn['kind']} (version {txn['version']}, started {txn['started_at']})"
+            log.warning("%s at %s", message, self.uri)
+            done.append(message)
+        return done
+
+    def sweep(self, lease: Lease, kind: str = "sweep") -> SweepReport:
+        """Delete what the committed state does not name: old data objects first (the
+        deleted samples' bytes), then stale checkpoints, leftovers of interrupted writes and
+        old commits. One listing per prefix."""
+        lease.check()
+        state = self.refresh()
+        keep = state.referenced()
+        stale = [k for k in self.objects.find("data") + self.objects.find("index") if k not in keep]
+        self.objects.delete(stale)
+        crash_point(f"{kind}.swept")
+        expected = {ref.base for refs in self.expected_refs().values() for ref in refs}
+        doomed = [k for k in self.objects.find("checkpoints") if _temporary(k) or k.split(".", 1)[0] not in expected]
+        manifests = [k for k in doomed if k.endswith(".json")]
+        self.objects.delete(manifests)  # a checkpoint stops existing with its manifest...
+        self.objects.delete([k for k in doomed if not k.endswith(".json")])  # ...then its blob goes
+        leftovers = self.objects.list_temporary("") if self.objects.local else []  # only local writes use them
+        self.objects.delete(leftovers)
+        commits = _versions(self.objects.list(COMMITS))
+        self.objects.delete([_versioned(COMMITS, v) for v in commits[:-KEEP_COMMITS]])
+        if stale or manifests:
+            log.info("swept %d old data object(s) and %d stale checkpoint(s) at %s", len(stale), len(manifests), self.uri)
+        return SweepReport(len(stale), len(manifests), len(doomed) - len(manifests) + len(leftovers))
 
     # -- listing ---------------------------------------------------------------------------
     def listing(self) -> dict[str, str]:
         """sha256 of every object on the store, by key (for audits and tests)."""
-        return {key: hashlib.sha256(self.objects.get_bytes(key)).hexdigest() for key in self.objects.list("")}
+        return {key: _sha256(self.objects.get_bytes(key)) for key in self.objects.list("")}
+
+
+def partition_key(shard: int, slice_: int, version: int) -> str:
+    return f"data/train/shard={shard}/slice={slice_}/part-{version:06d}.parquet"
+
+
+def _temporary(key: str) -> bool:
+    return ".tmp-" in key.rsplit("/", 1)[-1]
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tombstones(ids: np.ndarray, shards: np.ndarray, slices: np.ndarray, stamp: str, reason: str) -> pa.Table:
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "shard": pa.array(shards, pa.int64()),
+            "slice": pa.array(slices, pa.int64()),
+            "deleted_at": pa.array([stamp] * len(ids), pa.string()),
+            "reason": pa.array([reason] * len(ids), pa.string()),
+        },
+        schema=TOMBSTONE_SCHEMA,
+    )
+
+
+def _summary(txn: dict[str, Any], **counts: int) -> dict[str, Any]:
+    """What a commit says about its transaction (no ids: those are in the tombstones)."""
+    keep = ("id", "kind", "reason", "started_at", "lease_token")
+    return {**{k: txn[k] for k in keep if k in txn}, "committed_at": now(), **counts}
+
+
+def _check_manifest(raw: bytes, where: str) -> dict[str, Any]:
+    """Parse and validate ``raysisa.json``."""
+    import json
+
+    try:
+        manifest = json.loads(raw)
+    except ValueError:
+        raise StoreError(f"{where} is not a valid run manifest (not JSON); the run cannot be opened") from None
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{where} is not a valid run manifest (a JSON {type(manifest).__name__}, not an object)")
+    version = manifest.get("format_version")
+    if version == 1:
+        raise StoreError(
+            f"{where} was written by raysisa 0.1 (store format 1, deletions without transactions); this raysisa "
+            f"reads format {FORMAT_VERSION}: train the run again into a new store"
+        )
+    missing = [k for k in ("spec", "fingerprint", "info") if k not in manifest]
+    if version != FORMAT_VERSION or missing:
+        problem = f"format_version {version!r}" if version != FORMAT_VERSION else f"missing {', '.join(missing)}"
+        raise StoreError(f"{where} is not a valid run manifest ({problem}); the run cannot be opened")
+    if not isinstance(manifest["spec"], dict) or not isinstance(manifest["info"], dict) or not isinstance(manifest["fingerprint"], str):
+        raise StoreError(f"{where} is not a valid run manifest (spec, info or fingerprint has the wrong type)")
+    return manifest

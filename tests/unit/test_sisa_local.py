@@ -30,12 +30,16 @@ def test_unlearning_equals_training_without_the_ids(tmp_path, tiny_job, trained,
     where = CASES[case]
     ids = pick(trained, where)
     before = {k: checkpoint_bytes(trained, k) for k in range(3)}
-    data_before = {k: v for k, v in RunStore(trained).listing().items() if k.startswith("data/")}
+    state_before = RunStore(trained).refresh()
     report = unlearn(trained, ids, pool=LocalPool())
-    data_after = {k: v for k, v in RunStore(trained).listing().items() if k.startswith("data/")}
-    # deleting rewrites exactly the partitions that held the ids, nothing else
-    changed = {k for k in data_before if data_before[k] != data_after[k]}
-    assert changed == {RunStore.partition_key(k, r) for k, r, _ in where}
+    state_after = RunStore(trained).refresh()
+    # one commit; it replaces exactly the partitions that held the ids, nothing else
+    assert state_after.version == state_before.version + 1
+    changed = {p for p, ref in state_before.partitions.items() if state_after.partitions[p] != ref}
+    assert changed == {(k, r) for k, r, _ in where}
+    assert state_after.test == state_before.test
+    # and the old partitions are gone from the store: only the committed objects remain
+    assert set(RunStore(trained).data_keys()) == {ref.key for ref in state_after.partitions.values()} | {state_after.test.key}
 
     reference = _store(tmp_path, "reference")
     train(tiny_job, reference, exclude_ids=ids, pool=LocalPool())
@@ -181,7 +185,7 @@ def test_excluding_unknown_ids_writes_nothing(tmp_path, tiny_job):
     store = _store(tmp_path, "x")
     with pytest.raises(InvalidIdsError, match="not training samples"):
         train(tiny_job, store, exclude_ids=[5_000_000], pool=LocalPool())
-    assert not (tmp_path / "x").exists()
+    assert RunStore(store).objects.list("") == []  # not even the lease is left behind
 
 
 def test_evaluate_reports_ensemble_and_shards(trained):
