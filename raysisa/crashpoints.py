@@ -35,6 +35,8 @@ CRASH_POINTS = {
     "batch.overlay": "after each approximate overlay of a batch is written",
     "batch.retrained": "the batch's exact shards are retrained; states not yet recorded",
     "batch.recorded": "the batch's requests have their new states; the plan is not marked done",
+    "restore.retrained": "approximate shards are retrained exactly; their overlays not yet dropped",
+    "restore.dropped": "the overlays are dropped; the requests they carried not yet marked exact",
 }
 
 _counts: Counter[str] = Counter()

@@ -366,7 +366,9 @@ class Coordinator:
             if shards:
                 log.info("restoring exactness of shard(s) %s", shards)
                 self.run.retrain_shards(self.pool, shards)
+                crash_point("restore.retrained")
                 self._drop_overlays(shards)
+                crash_point("restore.dropped")
                 self.settle()
             self.last_activity = time.time()
             return shards

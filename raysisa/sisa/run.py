@@ -65,6 +65,7 @@ class SisaRun:
     def __init__(self, store: StoreConfig | RunStore) -> None:
         self.store = store if isinstance(store, RunStore) else RunStore(store)
         self._lease: Lease | None = None
+        self.recovered: list[str] = []  # interrupted transactions the last writer() finished
 
     @property
     def config(self) -> StoreConfig:
@@ -100,19 +101,20 @@ class SisaRun:
         self._lease = lease
         try:
             self.store.forget_cache()  # another writer may have committed since we last looked
-            self.store.recover(lease)
+            self.recovered = self.store.recover(lease)
             yield lease
         finally:
             self._lease = None
             lease.release()
 
     def recover(self) -> list[str]:
-        """Finish interrupted transactions, unless a live writer is still running them."""
+        """Finish interrupted transactions, unless a live writer is still running them;
+        returns what was done."""
         if not self.store.objects.list(JOURNAL):
             return []
         try:
             with self.writer("recovery", wait=0):
-                return []
+                return self.recovered
         except StoreBusyError:  # a live writer holds the lease: its transaction is not interrupted
             return []
 

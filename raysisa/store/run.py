@@ -349,6 +349,11 @@ class RunStore:
                     f"another writer committed version {state.version} of {self.uri} first ({winner.txn.get('kind')}); "
                     "nothing was committed: re-run the command"
                 )
+        elif self.latest_version() != state.version:
+            # a writer that stalled past its lease recreated a version the sweep had pruned:
+            # the store has moved on, this commit is shadowed and must not count
+            self.objects.delete(key)
+            raise ConflictError(f"the run at {self.uri} moved past version {state.version} meanwhile; nothing was committed")
         self._state = state
         crash_point(f"{state.txn['kind']}.committed")
 

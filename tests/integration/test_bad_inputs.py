@@ -5,6 +5,7 @@ A store whose ``raysisa.json`` was removed is refused by every command, never re
 from __future__ import annotations
 
 import socket
+import uuid
 from dataclasses import dataclass
 
 import pytest
@@ -16,7 +17,7 @@ from raysisa.coordinator import client
 from raysisa.store import RunStore
 from tests import processes
 from tests.conftest import TINY
-from tests.sisa_checks import pick
+from tests.sisa_checks import copy_objects, pick
 
 SET = [arg for item in TINY for arg in ("--set", item)]
 HEX = "0123456789abcdef" * 2
@@ -28,10 +29,10 @@ def _closed_port() -> int:
         return sock.getsockname()[1]  # closed again when the block ends: nothing listens there
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
+@pytest.fixture(scope="module", params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def world(request, tmp_path_factory, s3_endpoint):
     """A trained run with a deletion, a logged request and a subject; broken copies of it;
-    and the files the cases read."""
+    and the files the cases read. On a local folder, or copied to a moto S3 bucket."""
     root = tmp_path_factory.mktemp("bad")
     main_store = StoreConfig(uri=str(root / "run"))
     train(parse_config({}, TINY), main_store, pool=LocalPool())
@@ -53,6 +54,14 @@ def world(tmp_path_factory):
             target.put_bytes("raysisa.json", manifest)
         stores[name] = copy
     stores["empty"] = StoreConfig(uri=str(root / "empty"))
+    if request.param == "s3":
+        import s3fs
+
+        bucket = f"bad-{uuid.uuid4().hex[:12]}"
+        s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True).mkdir(bucket)
+        for name, local in list(stores.items()):
+            stores[name] = StoreConfig(uri=f"s3://{bucket}/{name}", endpoint_url=s3_endpoint)
+            copy_objects(RunStore(local).objects, RunStore(stores[name]).objects)
     files = root / "files"
     files.mkdir()
     contents = {
@@ -199,7 +208,7 @@ def _check(capsys, world, argv: list[str], store_name: str, expect: str) -> None
     store = world["stores"][store_name]
     argv = _fill(argv, world)
     if "--store" not in argv:
-        argv += ["--store", store.uri]
+        argv += ["--store", store.uri] + (["--endpoint-url", store.endpoint_url] if store.endpoint_url else [])
     before = _objects(store)
     code, err = _run(capsys, [*argv, "--quiet", "--lease-wait", "0"])
     assert code == 2, f"exit {code}: {err}"
@@ -227,7 +236,8 @@ def test_an_unreachable_ray_address_fails_within_the_timeout(world):
     """In a fresh process (this one may already run Ray). Without the timeout, ray.init
     retries for minutes and the child is killed at 120 s."""
     result = processes.run(
-        ["unlearn", "--store", world["stores"]["main"].uri, "--ids", str(int(world["live"][7])),
+        ["unlearn", "--store", world["stores"]["main"].uri, *(["--endpoint-url", e] if (e := world["stores"]["main"].endpoint_url) else []),
+         "--ids", str(int(world["live"][7])),
          "--address", f"127.0.0.1:{world['port']}", "--connect-timeout", "3", "--quiet"],
         timeout=120,
     )

@@ -120,7 +120,9 @@ def test_a_writer_that_lost_its_lease_commits_nothing_and_the_next_one_finishes_
         with pytest.raises(LeaseLostError):
             run.store._commit(new, lease)
     assert RunStore(trained).latest_version() == 1  # nothing was committed
-    # the next writer (here: train) finishes the deletion from the journal, then retrains
+    # the next command finishes the deletion from the journal (here a reader), then train retrains
+    assert SisaRun(trained).recover()[0].startswith("completed an interrupted delete (version 2")
+    assert RunStore(trained).latest_version() == 2 and not RunStore(trained).objects.list("_log/journal")
     train(None, trained, pool=LocalPool())
     reference = StoreConfig(uri=str(tmp_path / "reference"))
     train(tiny_job, reference, exclude_ids=ids, pool=LocalPool())
