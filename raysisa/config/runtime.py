@@ -3,6 +3,7 @@ fingerprint."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -40,7 +41,7 @@ class StoreConfig(ConfigModel):
     ``memory://``).
 
     Args:
-        uri: the run's root.
+        uri: the run's root (a local path is made absolute).
         endpoint_url: S3 endpoint override for S3-compatible servers (MinIO, moto, Ceph).
             ``AWS_ENDPOINT_URL`` in the environment works too.
         storage_options: extra keyword arguments for the fsspec filesystem.
@@ -62,4 +63,6 @@ class StoreConfig(ConfigModel):
     def _non_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("store URI is empty")
+        if "://" not in value:  # a local path: absolute, so Ray workers elsewhere find the same folder
+            return os.path.abspath(os.path.expanduser(value))
         return value

@@ -18,7 +18,8 @@ crash interrupted, and then:
 4. records each request's new state and writes its receipt, then marks the plan done;
 5. when idle for ``idle_seconds``, or when a shard hits the debt bound, restores the
    exactness of approximate shards by SISA retraining, then drops their overlays and
-   marks the requests they carried exact.
+   marks the requests they carried exact; applied requests a crash left unmarked are
+   marked (after retraining any shard they still wait for).
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class Coordinator:
     # -- the loop ---------------------------------------------------------------------------
     def step(self) -> str:
         """Do the next piece of work; returns what was done: ``resumed``, ``batch``,
-        ``restored``, or ``waiting`` / ``idle`` / ``busy`` (another writer holds the store)."""
+        ``restored``, ``settled`` (applied requests marked exact), or ``waiting`` / ``idle``
+        / ``busy`` (another writer holds the store)."""
         action, _ = self._next()
         if action in ("waiting", "idle"):
             return action
@@ -97,6 +99,8 @@ class Coordinator:
                     self.execute(self.plan(arg))
                 elif action == "restored":
                     self.restore_exactness(arg)
+                elif action == "settled":
+                    self.settle()
                 return action
         except StoreBusyError:
             return "busy"
@@ -114,7 +118,12 @@ class Coordinator:
             return "waiting", None
         approximate = self.approximate_shards()
         if not approximate:
-            return "idle", None
+            # applied requests a crash left unmarked: retrain what they wait for, or mark them
+            open_ = self._open_requests()
+            if not open_:
+                return "idle", None
+            stale = self._shards_of(open_) & set(self.run.pending_work())
+            return ("restored", sorted(stale)) if stale else ("settled", None)
         indebted = self._debt_shards()
         if indebted:
             return "restored", indebted
@@ -129,9 +138,10 @@ class Coordinator:
         while time.time() < deadline:
             self.step()
             if not self.pending() and not self.ledger.unfinished_plans():
-                if not exact or not self.approximate_shards():
+                if not exact or not (self.approximate_shards() or self._open_requests()):
                     return
-                self.restore_exactness()
+                if self.approximate_shards():
+                    self.restore_exactness()
             time.sleep(min(self.config.poll_seconds, 0.05))
         raise TimeoutError(f"the coordinator did not settle within {timeout}s")
 
@@ -379,15 +389,25 @@ class Coordinator:
             if shard not in pending:
                 self.store.overlays.delete(self.store.overlays.list(shard))
 
+    def _open_requests(self) -> list[str]:
+        """Requests applied but not yet exact."""
+        return [rid for rid, s in self.ledger.states().items() if s in ("applied_approximate", "applied_exact")]
+
+    def _shard_of(self) -> dict[int, int]:
+        tombstones = self.store.tombstones()
+        return dict(zip(tombstones["id"].to_pylist(), tombstones["shard"].to_pylist(), strict=True))
+
+    def _shards_of(self, request_ids: list[str]) -> set[int]:
+        shard_of = self._shard_of()
+        return {shard_of[i] for rid in request_ids for i in self._request(rid).ids if i in shard_of}
+
     def settle(self) -> None:
         """Mark exact every applied request whose shards no longer hold anything of it."""
-        states = self.ledger.states()
-        open_ = [rid for rid, s in states.items() if s in ("applied_approximate", "applied_exact")]
+        open_ = self._open_requests()
         if not open_:
             return
         approximate = set(self.approximate_shards()) | set(self.run.pending_work())
-        tombstones = self.store.tombstones()
-        shard_of = dict(zip(tombstones["id"].to_pylist(), tombstones["shard"].to_pylist(), strict=True))
+        shard_of = self._shard_of()
         for rid in open_:
             request = self._request(rid)
             if not approximate & {shard_of.get(i) for i in request.ids}:
