@@ -496,9 +496,8 @@ class RunStore:
         """Finish every interrupted transaction (see the module docstring); returns what was done."""
         done = []
         for txn in self.journals():
-            latest = self.latest_version()
-            committed = txn["version"] <= latest and self.read_state(txn["version"]).txn.get("id") == txn["id"]
-            if committed:
+            latest, note = self.latest_version(), ""
+            if self._committed(txn, latest):
                 what = "finished the sweep of"
             elif txn["kind"] == "delete":
                 if txn["parent"] != latest:  # planned against an older state: redo it on the latest
@@ -506,18 +505,30 @@ class RunStore:
                     txn = {**txn, "version": latest + 1, "parent": latest, "lease_token": lease.token}
                     self._begin(txn, lease)
                 self.refresh()
-                self._commit(self._apply_delete(txn), lease)
-                what = "completed"
+                if len(take_ids(self.read_index(), np.asarray(txn["ids"], dtype=np.int64))):
+                    self._commit(self._apply_delete(txn), lease)
+                    what = "completed"
+                else:
+                    what, note = "closed", ": its ids were already deleted"
             elif txn["kind"] == "ingest" and latest == 0:
                 self._commit(self._apply_ingest(txn), lease)
                 what = "completed"
             else:  # an ingest into a store that meanwhile has a run: obsolete
                 what = "discarded"
             self._finish(txn, lease)
-            message = f"{what} an interrupted {txn['kind']} (version {txn['version']}, started {txn['started_at']})"
+            message = f"{what} an interrupted {txn['kind']} (version {txn['version']}, started {txn['started_at']}){note}"
             log.warning("%s at %s", message, self.uri)
             done.append(message)
         return done
+
+    def _committed(self, txn: dict[str, Any], latest: int) -> bool:
+        """Whether ``txn``'s own commit exists (not another transaction's of that version)."""
+        if txn["version"] > latest:
+            return False
+        try:
+            return self.read_state(txn["version"]).txn.get("id") == txn["id"]
+        except StoreNotFoundError:  # pruned: then it is not this journal's (it would have been swept)
+            return False
 
     def sweep(self, lease: Lease, kind: str = "sweep") -> SweepReport:
         """Delete what the committed state does not name: old data objects first (the

@@ -220,3 +220,24 @@ def _int_lists(obj) -> list:
         own = [obj] if obj and all(isinstance(v, int) for v in obj) else []
         return own + [x for v in obj for x in _int_lists(v)]
     return []
+
+
+def test_an_intent_planned_against_an_older_version_is_redone_on_the_latest(trained, tiny_job, tmp_path):
+    first, second = pick(trained, [(0, 1, 1)]), pick(trained, [(1, 3, 2)])
+    unlearn(trained, first, pool=LocalPool())  # version 2
+    store = RunStore(trained)
+    stale_intent = {
+        "id": "a writer that stalled", "kind": "delete", "version": 2, "parent": 1, "ids": second, "reason": "unlearn",
+        "lease_token": 0, "started_at": "2026-01-01T00:00:00.000+00:00",
+    }
+    store.objects.create_json("_log/journal/000000000002.json", stale_intent)
+    assert SisaRun(trained).recover() == ["completed an interrupted delete (version 3, started 2026-01-01T00:00:00.000+00:00)"]
+    train(None, trained, pool=LocalPool())
+    reference = StoreConfig(uri=str(tmp_path / "reference"))
+    train(tiny_job, reference, exclude_ids=first + second, pool=LocalPool())
+    assert model_shas(trained) == model_shas(reference)
+    assert_no_residue(trained, first + second)
+    # an intent whose ids are all gone already is closed without a commit
+    store.objects.create_json("_log/journal/000000000004.json", {**stale_intent, "version": 4, "parent": 3})
+    assert SisaRun(trained).recover()[0].endswith(": its ids were already deleted")
+    assert RunStore(trained).latest_version() == 3
