@@ -169,7 +169,11 @@ class Coordinator:
         wanted = np.unique(np.concatenate([np.asarray(r.ids, np.int64) for r in accepted])) if accepted else np.zeros(0, np.int64)
         rows = take_ids(index, wanted)
         live_ids, shards, slices = rows["id"].to_numpy(), rows["shard"].to_numpy(), rows["slice"].to_numpy()
-        works = [self._work(int(k), live_ids[shards == k], slices[shards == k], index, accepted) for k in np.unique(shards)]
+        stale = self.run.pending_work()  # shards serving an overlay already miss checkpoints from some slice on
+        works = [
+            self._work(int(k), live_ids[shards == k], slices[shards == k], index, accepted, stale.get(int(k)))
+            for k in np.unique(shards)
+        ]
         decisions = decide(works, self.config)
         stamp = time.time()
         batch_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(stamp))}{int(stamp * 1000) % 1000:03d}-{uuid.uuid4().hex[:8]}"
@@ -189,12 +193,16 @@ class Coordinator:
         log.info("batch %s: %d request(s), %d shard(s): %s", batch_id, len(accepted), len(works), Counter(d.kind for d in decisions))
         return plan
 
-    def _work(self, shard: int, ids: np.ndarray, slices: np.ndarray, index: pa.Table, requests: list[Request]) -> ShardWork:
+    def _work(
+        self, shard: int, ids: np.ndarray, slices: np.ndarray, index: pa.Table, requests: list[Request], stale: list[int] | None
+    ) -> ShardWork:
+        """The shard's retraining work W: from the batch's earliest slice, or from the shard's
+        earliest missing checkpoint when that is earlier (``stale``: its pending slices)."""
         spec = self.store.spec
         in_shard = index["shard"].to_numpy() == shard
         sizes = np.bincount(index["slice"].to_numpy()[in_shard], minlength=spec.sharding.num_slices + 1)[1:]
         after = (sizes - np.bincount(slices, minlength=spec.sharding.num_slices + 1)[1:]).tolist()
-        first = int(slices.min())
+        first = int(slices.min()) if not stale else min(int(slices.min()), max(1, stale[0]))
         full = retrain_cost(after, spec.train.epochs, 1)
         overlay = self.overlay(shard)
         meta = self.store.overlays.manifest(overlay) if overlay else {}

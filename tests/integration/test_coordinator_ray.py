@@ -48,7 +48,7 @@ def test_requests_flow_through_the_detached_actor(tmp_path, coordinated):
     assert get_coordinator(store) is not None
     light, heavy = pick(store, [(0, 3, 1)]), pick(store, [(1, 1, 0), (2, 1, 3)])
     acks = [submit(store, light, key="light"), submit(store, heavy, key="heavy")]
-    assert [wait(store, a.request_id, "applied", timeout=120) for a in acks]
+    assert {wait(store, a.request_id, "applied", timeout=120) for a in acks} <= {"applied_exact", "applied_approximate", "exact"}
     assert [wait(store, a.request_id, "exact", timeout=120) for a in acks] == ["exact", "exact"]
     summary = ray.get(handle.summary.remote())
     assert summary["requests"] == {"exact": 2} and summary["approximate_shards"] == [] and not summary["errors"]

@@ -5,7 +5,7 @@ import pytest
 from raysisa import LocalPool, SisaRun, StoreConfig, inspect, parse_config, train
 from raysisa.config import CoordinatorConfig
 from raysisa.coordinator import register_subjects, requests, status, submit
-from raysisa.coordinator.ledger import Ledger
+from raysisa.coordinator.ledger import Ledger, digest
 from raysisa.coordinator.service import Coordinator
 from raysisa.errors import InvalidIdsError
 from raysisa.evaluation.scenarios import train_labels
@@ -58,7 +58,10 @@ def test_heavy_requests_update_then_become_exact(tmp_path, tiny_job, run):
     shards = {s["shard"]: s for s in inspect(run)["shards"]}
     assert shards[1]["state"] == "approximate" and shards[1]["approximate"]["pending_ids"] == 2
     assert shards[0]["state"] == shards[2]["state"] == "exact"
-    assert 0 <= SisaRun(run).evaluate().accuracy <= 100  # served: the overlay stands in for shard 1
+    # the overlay stands in for shard 1: evaluation scores it, as its manifest recorded
+    overlay = RunStore(run).overlays.list(1)[0]
+    assert SisaRun(run).served_refs()[1] == overlay
+    assert SisaRun(run).evaluate().shard_accuracy[1] == pytest.approx(RunStore(run).overlays.manifest(overlay)["accuracy"])
     receipt = status(run, ack.request_id)["receipt"]
     [touched] = receipt["shards"]
     assert touched["kind"] == "update" and touched["method"] == "neggrad_plus" and touched["ohs_slices"] > 0
@@ -241,4 +244,21 @@ def test_requests_by_data_subject(run):
     Coordinator(run, ALWAYS_RETRAIN, LocalPool()).step()
     assert states(run)[ack.request_id] == "exact"
     assert Ledger(RunStore(run).objects).subject_ids("subject-42").tolist() == []  # the mapping is gone too
-    assert status(run, ack.request_id)["receipt"]["subject_sha256"] != "subject-42"
+    assert status(run, ack.request_id)["receipt"]["subject_sha256"] == digest("subject-42")  # hashed, never the key
+
+
+def test_the_work_of_a_shard_serving_an_overlay_starts_at_its_earliest_missing_checkpoint(run, tiny_job):
+    from raysisa.sisa.cost import retrain_cost
+
+    coordinator = Coordinator(run, ALWAYS_UPDATE, LocalPool())
+    submit(run, pick(run, [(1, 1, 0)]))
+    coordinator.step()  # an update: shard 1 serves an overlay, its checkpoints 1..3 are purged
+    assert SisaRun(run).pending_work()[1][:2] == [1, 2]
+    later = pick(run, [(1, 3, 0)])
+    submit(run, later)
+    plan = coordinator.plan(coordinator.pending())
+    work = plan["shards"]["1"]["work"]
+    sizes = RunStore(run).refresh().slice_sizes(1)
+    sizes[2] -= 1  # the planned deletion
+    assert work["first_slice"] == 1  # not 3: retraining this shard starts where its exact checkpoints end
+    assert work["retrain_grads"] == retrain_cost(sizes, tiny_job.train.epochs, 1) == work["full_grads"]

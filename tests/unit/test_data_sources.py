@@ -19,7 +19,10 @@ def test_digits_is_real_and_has_stable_ids():
     ids = np.concatenate([data.train["id"].to_numpy(), data.test["id"].to_numpy()])
     assert sorted(ids.tolist()) == list(range(1797))
     pixels = decode_images(data.train.slice(0, 5), 1)
-    assert pixels.shape == (5, 8, 8, 1) and pixels.max() <= 255
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().images[data.train["id"].to_numpy()[:5]]  # 0..16 intensities, stored as 0..255 grey
+    assert pixels.dtype == np.uint8 and np.array_equal(pixels[..., 0], np.rint(raw * 255 / 16).astype(np.uint8))
     again = load_source(DataConfig(source="digits"))
     assert again.train.equals(data.train)
 

@@ -39,7 +39,7 @@ def test_weights_land_on_the_2_to_the_b_grid(scheme, bits):
 
 
 def test_lsq_weight_grid_directly():
-    q = LsqQuantizer(3 if False else 4).train()
+    q = LsqQuantizer(4).train()
     w = torch.randn(200)
     out = q(w)
     assert out.unique().numel() <= 16
@@ -122,7 +122,6 @@ def test_integer_export_equals_the_fake_quant_forward(scheme, model_name):
     integer_model = model_from_integers(export, INFO, config)
     model.eval()
     assert torch.equal(integer_model(x), model(x))
-    assert torch.equal(integer_model(x).argmax(1), model(x).argmax(1))
 
 
 @pytest.mark.parametrize(("field", "value", "needle"), [("w_bits", 3, "unsupported bit width 3"), ("a_bits", 16, "unsupported bit width 16"), ("scheme", "int1", "unknown quantization scheme 'int1'")])
