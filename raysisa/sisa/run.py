@@ -165,8 +165,15 @@ class SisaRun:
             )
 
     # -- state -----------------------------------------------------------------------------
+    def _latest(self) -> None:
+        """Read the latest commit, unless this object holds the lease (then the state changes
+        only by its own commits, which update it)."""
+        if self._lease is None:
+            self.store.refresh()
+
     def expected_refs(self) -> dict[int, list[CheckpointRef]]:
         """For every shard, the checkpoint refs (slices 0..R) its current data calls for."""
+        self._latest()
         return self.store.expected_refs()
 
     def pending_work(self, expected: dict[int, list[CheckpointRef]] | None = None) -> dict[int, list[int]]:
@@ -265,7 +272,7 @@ class SisaRun:
             InvalidIdsError: malformed ids, or ids that never existed in the training data.
         """
         wanted = parse_ids(ids)
-        self.store.manifest()  # a clear error if there is no run here
+        self._latest()  # also a clear error if there is no run here
         live_mask = np.isin(wanted, self.store.read_index()["id"].to_numpy())
         tombstoned = np.isin(wanted, self.store.tombstones()["id"].to_numpy())
         unknown = wanted[~live_mask & ~tombstoned]
@@ -402,7 +409,7 @@ class SisaRun:
 
         Shards left without samples (every one deleted) get weight 0 unless ``weights`` is given.
         """
-        self.store.manifest()  # a clear error if there is no run here
+        self._latest()  # also a clear error if there is no run here
         labels = self.store.read_test()["label"].to_numpy()
         probs = self.shard_probs(None, pool)
         if weights is None:
@@ -420,6 +427,7 @@ class SisaRun:
     # -- inspection ------------------------------------------------------------------------
     def inspect(self, verify: bool = True) -> dict[str, Any]:
         """Config, shards, slices, checkpoints and per-shard ``model_sha256``."""
+        self._latest()
         manifest = self.store.manifest()
         spec = self.store.spec
         state = self.store.state()

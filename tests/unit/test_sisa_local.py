@@ -213,3 +213,13 @@ def test_an_empty_exclusion_list_excludes_nothing(tmp_path, tiny_job, trained):
     other = _store(tmp_path, "other")
     train(tiny_job, other, exclude_ids=[], pool=LocalPool())
     assert model_shas(other) == model_shas(trained)
+
+
+def test_a_long_lived_run_object_sees_changes_made_by_others(trained):
+    reader = SisaRun(trained)
+    before = reader.evaluate().shard_accuracy
+    ids = pick(trained, [(1, 2, 0)])
+    unlearn(trained, ids, pool=LocalPool())  # another writer (its own SisaRun) commits version 2
+    assert reader.inspect()["version"] == 2
+    assert reader.check_ids(ids)[2].tolist() == ids  # already deleted, as the latest commit says
+    assert len(reader.evaluate().shard_accuracy) == len(before)  # the retrained shard 1 is served, not reported stale
