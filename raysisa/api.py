@@ -63,16 +63,16 @@ def train(
         verify: check every checkpoint's sha256 first and rebuild corrupt ones.
     """
     run = SisaRun(as_store(store))
-    if config is None:
-        with run.writer("train"):  # finishes an interrupted ingest or deletion first
+    with run.writer("train"):  # one writer throughout; it finishes an interrupted ingest or deletion first
+        if config is None:
             spec = run.store.spec  # raises StoreNotFoundError if there is no run to resume
-    else:
-        spec = config.spec if isinstance(config, JobConfig) else config
-        if cluster is None and isinstance(config, JobConfig):
-            cluster = config.cluster
-    run.ingest(spec, exclude_ids)  # reopens an identical run (checking exclude_ids are excluded)
-    with _pool(pool, cluster, spec.sharding.num_shards) as shards:
-        return run.train(shards, progress, verify)
+        else:
+            spec = config.spec if isinstance(config, JobConfig) else config
+            if cluster is None and isinstance(config, JobConfig):
+                cluster = config.cluster
+        run.ingest(spec, exclude_ids)  # reopens an identical run (checking exclude_ids are excluded)
+        with _pool(pool, cluster, spec.sharding.num_shards) as shards:
+            return run.train(shards, progress, verify)
 
 
 def unlearn(

@@ -110,7 +110,8 @@ class Coordinator:
         plans = self.ledger.unfinished_plans()
         if plans:
             return "resumed", plans[0]
-        pending = self.pending()
+        states = self.ledger.states()  # one listing of the ledger per decision
+        pending = self.pending(states)
         if pending:
             oldest = min(parse_time(r.submitted_at) for r in pending)
             if time.time() - oldest >= self.config.window_seconds or len(pending) >= self.config.max_batch:
@@ -119,7 +120,7 @@ class Coordinator:
         approximate = self.approximate_shards()
         if not approximate:
             # applied requests a crash left unmarked: retrain what they wait for, or mark them
-            open_ = self._open_requests()
+            open_ = self._open_requests(states)
             if not open_:
                 return "idle", None
             stale = self._shards_of(open_) & set(self.run.pending_work())
@@ -145,8 +146,9 @@ class Coordinator:
             time.sleep(min(self.config.poll_seconds, 0.05))
         raise TimeoutError(f"the coordinator did not settle within {timeout}s")
 
-    def pending(self) -> list[Request]:
-        states = self.ledger.states()
+    def pending(self, states: dict[str, str] | None = None) -> list[Request]:
+        """Pending requests, oldest first (from ``states``, else a fresh listing of the ledger)."""
+        states = self.ledger.states() if states is None else states
         requests = [self._request(rid) for rid, state in states.items() if state == "pending"]
         return sorted(requests, key=lambda r: (r.submitted_at, r.request_id))
 
@@ -273,8 +275,7 @@ class Coordinator:
         timings |= self._apply_updates(todo, ids, batch_id, carried)
         decided = [ids[k] for k, d in decisions.items() if d["kind"] in ("update", "retrain")]
         if decided:  # b. the data goes, and every checkpoint trained on it
-            self.run.commit_deletion(np.concatenate(decided), reason=f"batch {batch_id}")
-        self.run.purge_stale()
+            self.run.commit_deletion(np.concatenate(decided), reason=f"batch {batch_id}")  # sweeps too
         if retrains:  # c. exact shards retrain from their earliest affected slice
             reports = self.run.retrain_shards(self.pool, retrains)
             for report in reports:
@@ -397,9 +398,10 @@ class Coordinator:
             if shard not in pending:
                 self.store.overlays.delete(self.store.overlays.list(shard))
 
-    def _open_requests(self) -> list[str]:
+    def _open_requests(self, states: dict[str, str] | None = None) -> list[str]:
         """Requests applied but not yet exact."""
-        return [rid for rid, s in self.ledger.states().items() if s in ("applied_approximate", "applied_exact")]
+        states = self.ledger.states() if states is None else states
+        return [rid for rid, s in states.items() if s in ("applied_approximate", "applied_exact")]
 
     def _shard_of(self) -> dict[int, int]:
         tombstones = self.store.tombstones()

@@ -40,7 +40,7 @@ from raysisa.data.sources import load_source
 from raysisa.data.tensors import to_tensors
 from raysisa.errors import CheckpointCorruptError, ConfigError, InvalidIdsError, StaleStateError, StoreBusyError
 from raysisa.sisa.aggregate import aggregate
-from raysisa.sisa.cost import retrain_cost
+from raysisa.sisa.cost import first_slices, retrain_cost
 from raysisa.sisa.pool import ShardPool
 from raysisa.sisa.reports import EvalReport, TrainReport, UnlearnReport, parse_ids
 from raysisa.sisa.shard import SliceReport, load_model
@@ -299,8 +299,9 @@ class SisaRun:
             plan = self.store.plan_delete(np.asarray(ids, dtype=np.int64))
             if not len(plan.ids):
                 return {}, None
-            self._verify_restart_points(plan.first_slices)
-            return plan.first_slices, self.store.commit_delete(plan, reason, lease)
+            first = first_slices(plan.rows["shard"].to_numpy(), plan.rows["slice"].to_numpy())
+            self._verify_restart_points(first)
+            return first, self.store.commit_delete(plan, reason, lease)
 
     def _verify_restart_points(self, first: dict[int, int]) -> None:
         """The checkpoint before each shard's earliest affected slice must be intact."""

@@ -174,6 +174,17 @@ class CheckpointStore:
         keys = self.store.list(prefix) + self.store.list_temporary(prefix)
         return [k for k in keys if k.split(".", 1)[0] not in manifests or ".tmp-" in k]
 
+    def sweep(self, keep: set[CheckpointRef]) -> tuple[int, int]:
+        """Delete every checkpoint not in ``keep`` and every leftover of an interrupted write
+        (blobs without a manifest, temporary files), from one listing: manifests first (the
+        checkpoint stops existing), then blobs. Returns (checkpoints, leftovers) deleted."""
+        bases = {ref.base for ref in keep}
+        doomed = [k for k in self.store.find(self.prefix) if ".tmp-" in k.rsplit("/", 1)[-1] or k.split(".", 1)[0] not in bases]
+        manifests = [k for k in doomed if k.endswith(".json")]
+        self.store.delete(manifests)
+        self.store.delete([k for k in doomed if not k.endswith(".json")])
+        return len(manifests), len(doomed) - len(manifests)
+
     def delete(self, refs: list[CheckpointRef]) -> None:
         """Delete checkpoints: manifest first (the checkpoint stops existing), then the blob."""
         self.store.delete([r.manifest for r in refs])

@@ -39,7 +39,9 @@ visible.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
+import json
 import logging
 import re
 import uuid
@@ -132,14 +134,6 @@ class DeletePlan:
     tables: dict[tuple[int, int], pa.Table]  # the affected partitions as committed (verified)
     tombstones: pa.Table  # the committed tombstones (verified)
     parent: int  # the state version it was planned against
-
-    @property
-    def first_slices(self) -> dict[int, int]:
-        """The earliest affected slice r* per shard."""
-        out: dict[int, int] = {}
-        for shard, slice_ in zip(self.rows["shard"].to_pylist(), self.rows["slice"].to_pylist(), strict=True):
-            out[shard] = min(out.get(shard, slice_), slice_)
-        return dict(sorted(out.items()))
 
 
 @dataclass
@@ -540,18 +534,14 @@ class RunStore:
         stale = [k for k in self.objects.find("data") + self.objects.find("index") if k not in keep]
         self.objects.delete(stale)
         crash_point(f"{kind}.swept")
-        expected = {ref.base for refs in self.expected_refs().values() for ref in refs}
-        doomed = [k for k in self.objects.find("checkpoints") if _temporary(k) or k.split(".", 1)[0] not in expected]
-        manifests = [k for k in doomed if k.endswith(".json")]
-        self.objects.delete(manifests)  # a checkpoint stops existing with its manifest...
-        self.objects.delete([k for k in doomed if not k.endswith(".json")])  # ...then its blob goes
+        checkpoints, orphans = self.checkpoints.sweep({ref for refs in self.expected_refs().values() for ref in refs})
         leftovers = self.objects.list_temporary("") if self.objects.local else []  # only local writes use them
         self.objects.delete(leftovers)
         commits = _versions(self.objects.list(COMMITS))
         self.objects.delete([_versioned(COMMITS, v) for v in commits[:-KEEP_COMMITS]])
-        if stale or manifests:
-            log.info("swept %d old data object(s) and %d stale checkpoint(s) at %s", len(stale), len(manifests), self.uri)
-        return SweepReport(len(stale), len(manifests), len(doomed) - len(manifests) + len(leftovers))
+        if stale or checkpoints:
+            log.info("swept %d old data object(s) and %d stale checkpoint(s) at %s", len(stale), checkpoints, self.uri)
+        return SweepReport(len(stale), checkpoints, orphans + len(leftovers))
 
     # -- listing ---------------------------------------------------------------------------
     def listing(self) -> dict[str, str]:
@@ -563,13 +553,7 @@ def partition_key(shard: int, slice_: int, version: int) -> str:
     return f"data/train/shard={shard}/slice={slice_}/part-{version:06d}.parquet"
 
 
-def _temporary(key: str) -> bool:
-    return ".tmp-" in key.rsplit("/", 1)[-1]
-
-
 def _sha256(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(data).hexdigest()
 
 
@@ -594,8 +578,6 @@ def _summary(txn: dict[str, Any], **counts: int) -> dict[str, Any]:
 
 def _check_manifest(raw: bytes, where: str) -> dict[str, Any]:
     """Parse and validate ``raysisa.json``."""
-    import json
-
     try:
         manifest = json.loads(raw)
     except ValueError:
