@@ -43,14 +43,19 @@ def s3_endpoint() -> str:
     server.stop()
 
 
-@pytest.fixture
-def s3_bucket(s3_endpoint: str) -> str:
-    """A fresh bucket on the moto server; returns its s3:// URI."""
+def make_bucket(endpoint: str) -> str:
+    """Create a fresh bucket on the S3 server at ``endpoint``; returns its s3:// URI."""
     import s3fs
 
     name = f"raysisa-{uuid.uuid4().hex[:12]}"
-    s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}).mkdir(name)
+    s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}).mkdir(name)
     return f"s3://{name}"
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A fresh bucket on the moto server; returns its s3:// URI."""
+    return make_bucket(s3_endpoint)
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +101,13 @@ TINY = [
 def tiny_job():
     """A recipe that trains in about a second: 240 digits, 3 shards x 3 slices, tiny CNN."""
     return parse_config({}, TINY)
+
+
+@pytest.fixture
+def trained(tmp_path, tiny_job):
+    """A store holding the tiny recipe, trained in this process."""
+    from raysisa import LocalPool, StoreConfig, train
+
+    store = StoreConfig(uri=str(tmp_path / "sisa"))
+    train(tiny_job, store, pool=LocalPool())
+    return store

@@ -5,7 +5,6 @@ A store whose ``raysisa.json`` was removed is refused by every command, never re
 from __future__ import annotations
 
 import socket
-import uuid
 from dataclasses import dataclass
 
 import pytest
@@ -16,7 +15,7 @@ from raysisa.config import parse_config
 from raysisa.coordinator import client
 from raysisa.store import RunStore
 from tests import processes
-from tests.conftest import TINY
+from tests.conftest import TINY, make_bucket
 from tests.sisa_checks import copy_objects, pick
 
 SET = [arg for item in TINY for arg in ("--set", item)]
@@ -55,12 +54,9 @@ def world(request, tmp_path_factory, s3_endpoint):
         stores[name] = copy
     stores["empty"] = StoreConfig(uri=str(root / "empty"))
     if request.param == "s3":
-        import s3fs
-
-        bucket = f"bad-{uuid.uuid4().hex[:12]}"
-        s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True).mkdir(bucket)
+        bucket = make_bucket(s3_endpoint)
         for name, local in list(stores.items()):
-            stores[name] = StoreConfig(uri=f"s3://{bucket}/{name}", endpoint_url=s3_endpoint)
+            stores[name] = StoreConfig(uri=f"{bucket}/{name}", endpoint_url=s3_endpoint)
             copy_objects(RunStore(local).objects, RunStore(stores[name]).objects)
     files = root / "files"
     files.mkdir()

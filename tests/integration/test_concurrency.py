@@ -5,7 +5,6 @@ and concurrent subject registrations."""
 from __future__ import annotations
 
 import threading
-import uuid
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from raysisa.store import RunStore
 from raysisa.store.lease import acquire_lease
 from tests import processes
 from tests.sisa_checks import copy_objects
-from tests.conftest import TINY
+from tests.conftest import TINY, make_bucket
 from tests.sisa_checks import assert_no_residue, model_shas, pick
 
 pytestmark = pytest.mark.slow
@@ -32,9 +31,9 @@ def template(tmp_path_factory):
     return folder / "run"
 
 
-def _slow_writes(monkeypatch, prefix: str, seconds: float) -> None:
-    """Make the moto server answer every write to buckets named ``prefix...`` ``seconds``
-    late, as a distant S3 region does (races get wider windows)."""
+def _slow_writes(monkeypatch, bucket: str, seconds: float) -> None:
+    """Make the moto server answer every write to ``bucket`` ``seconds`` late, as a
+    distant S3 region does (races get wider windows)."""
     import time
 
     from moto.moto_server import werkzeug_app
@@ -42,7 +41,7 @@ def _slow_writes(monkeypatch, prefix: str, seconds: float) -> None:
     original = werkzeug_app.DomainDispatcherApplication.__call__
 
     def slow(self, environ, start_response):
-        if environ["REQUEST_METHOD"] in ("PUT", "POST", "DELETE") and environ.get("PATH_INFO", "").startswith(f"/{prefix}"):
+        if environ["REQUEST_METHOD"] in ("PUT", "POST", "DELETE") and environ.get("PATH_INFO", "").startswith(f"/{bucket}/"):
             time.sleep(seconds)
         return original(self, environ, start_response)
 
@@ -56,13 +55,10 @@ def store(request, tmp_path, template, s3_endpoint, monkeypatch):
     if request.param == "local":
         config, flags = StoreConfig(uri=str(tmp_path / "run")), ["--store", str(tmp_path / "run")]
     else:
-        import s3fs
-
-        bucket = f"{'slow' if request.param == 's3-slow' else 'conc'}-{uuid.uuid4().hex[:12]}"
+        bucket = make_bucket(s3_endpoint)
         if request.param == "s3-slow":
-            _slow_writes(monkeypatch, "slow-", 0.05)
-        s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True).mkdir(bucket)
-        config = StoreConfig(uri=f"s3://{bucket}/run", endpoint_url=s3_endpoint)
+            _slow_writes(monkeypatch, bucket[len("s3://") :], 0.05)
+        config = StoreConfig(uri=f"{bucket}/run", endpoint_url=s3_endpoint)
         flags = ["--store", config.uri, "--endpoint-url", s3_endpoint]
     source, target = RunStore(StoreConfig(uri=str(template))).objects, RunStore(config).objects
     copy_objects(source, target)

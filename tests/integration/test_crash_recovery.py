@@ -13,7 +13,6 @@ test_sisa_ray.py; here the process that holds the store dies.
 
 from __future__ import annotations
 
-import uuid
 
 import pytest
 
@@ -25,7 +24,7 @@ from raysisa.coordinator.ledger import Ledger
 from raysisa.store import RunStore
 from tests import processes
 from tests.sisa_checks import copy_objects
-from tests.conftest import TINY
+from tests.conftest import TINY, make_bucket
 from tests.sisa_checks import assert_no_residue, model_shas, pick
 
 pytestmark = pytest.mark.slow
@@ -105,11 +104,7 @@ def where(request, tmp_path, s3_endpoint):
     """(store flags for the CLI, StoreConfig) of a fresh local or S3 store."""
     if request.param == "local":
         return ["--store", str(tmp_path / "run")], StoreConfig(uri=str(tmp_path / "run"))
-    import s3fs
-
-    bucket = f"crash-{uuid.uuid4().hex[:12]}"
-    s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True).mkdir(bucket)
-    uri = f"s3://{bucket}/run"
+    uri = f"{make_bucket(s3_endpoint)}/run"
     return ["--store", uri, "--endpoint-url", s3_endpoint], StoreConfig(uri=uri, endpoint_url=s3_endpoint)
 
 

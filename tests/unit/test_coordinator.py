@@ -18,10 +18,8 @@ ALWAYS_UPDATE = CoordinatorConfig(policy="ohs", rho=0.0, ohs={"budget": 0.5}, **
 
 
 @pytest.fixture
-def run(tmp_path, tiny_job):
-    store = StoreConfig(uri=str(tmp_path / "sisa"))
-    train(tiny_job, store, pool=LocalPool())
-    return store
+def run(trained):
+    return trained
 
 
 def reference(tmp_path, job, ids):

@@ -18,13 +18,6 @@ def _store(tmp_path, name):
     return StoreConfig(uri=str(tmp_path / name))
 
 
-@pytest.fixture
-def trained(tmp_path, tiny_job):
-    store = _store(tmp_path, "sisa")
-    train(tiny_job, store, pool=LocalPool())
-    return store
-
-
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_unlearning_equals_training_without_the_ids(tmp_path, tiny_job, trained, case):
     where = CASES[case]

@@ -100,13 +100,6 @@ def test_an_expired_lease_cannot_be_renewed_or_used(objects):
 
 
 # -- runs -----------------------------------------------------------------------------------
-@pytest.fixture
-def trained(tmp_path, tiny_job):
-    store = StoreConfig(uri=str(tmp_path / "run"))
-    train(tiny_job, store, pool=LocalPool())
-    return store
-
-
 def test_a_writer_that_lost_its_lease_commits_nothing_and_the_next_one_finishes_its_deletion(trained, tiny_job, tmp_path):
     ids = pick(trained, [(0, 2, 0), (2, 1, 4)])
     run = SisaRun(trained)
