@@ -542,14 +542,19 @@ def main():
 
     # ---------------- 3. leftovers before / after vacuum ----------------
     log("[3] leftover checks")
-    chk: dict = {}
-    try:
-        chk["time_travel_v0_deleted_ids_readable"] = sorted(S & table_ids(uri, so, version=0))
-    except Exception as e:  # noqa: BLE001
-        chk["time_travel_v0_error"] = f"{type(e).__name__}: {str(e).strip()[:300]}"
-    chk.update(scan_parquet_objects(s3, BUCKET, prefix, S))
-    chk["delta_log"] = scan_delta_log(s3, BUCKET, prefix, S)
-    out["3a_after_delete_before_vacuum"] = chk
+
+    def leftovers() -> dict:
+        """Where the deleted ids can still be read: time travel, raw parquet, the log."""
+        chk: dict = {}
+        try:
+            chk["time_travel_v0_deleted_ids_readable"] = sorted(S & table_ids(uri, so, version=0))
+        except Exception as e:  # noqa: BLE001
+            chk["time_travel_v0_error"] = f"{type(e).__name__}: {str(e).strip()[:300]}"
+        chk.update(scan_parquet_objects(s3, BUCKET, prefix, S))
+        chk["delta_log"] = scan_delta_log(s3, BUCKET, prefix, S)
+        return chk
+
+    out["3a_after_delete_before_vacuum"] = leftovers()
 
     vac: dict = {}
     with Phase("vacuum_call", vac):
@@ -558,14 +563,7 @@ def main():
     vac["version_after"] = DeltaTable(uri, storage_options=so).version()
     out["3b_vacuum"] = vac
 
-    chk = {}
-    try:
-        chk["time_travel_v0_deleted_ids_readable"] = sorted(S & table_ids(uri, so, version=0))
-    except Exception as e:  # noqa: BLE001
-        chk["time_travel_v0_error"] = f"{type(e).__name__}: {str(e).strip()[:300]}"
-    chk.update(scan_parquet_objects(s3, BUCKET, prefix, S))
-    chk["delta_log"] = scan_delta_log(s3, BUCKET, prefix, S)
-    out["3c_after_vacuum"] = chk
+    out["3c_after_vacuum"] = leftovers()
 
     ctx = mp.get_context("spawn")
     # Extra: can the log itself be purged? logRetentionDuration=0 + checkpoint + cleanup_metadata
