@@ -13,6 +13,7 @@ rollback or a crash draws exactly what it drew the first time.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,6 +32,7 @@ __all__ = [
     "LossFn",
     "cross_entropy_loss",
     "derive_seed",
+    "configure_torch",
     "build_optimizer",
     "lr_at",
     "train_epoch",
@@ -71,6 +73,23 @@ class EpochStats:
 def derive_seed(*parts: int) -> int:
     """A 63-bit seed derived from integers (e.g. run seed, shard, slice, epoch)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def configure_torch(threads: int, deterministic: bool = True) -> None:
+    """Set this process's torch threads, and deterministic algorithms (on CPU, where
+    SISA's bit-exactness relies on them).
+
+    ``torch.use_deterministic_algorithms`` imports torch's compiler stack (``torch._inductor``,
+    about 1.5 s and 150 MB per process) only to set the compiler's flag; the flag is set
+    directly here, and the compiler's too when something has already imported it.
+    """
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:
+        torch._C._set_deterministic_algorithms(deterministic)
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = deterministic
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

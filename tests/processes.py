@@ -15,19 +15,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-
-
-def _warm() -> None:
-    """What the first training call imports lazily: torch's deterministic-algorithm switch
-    pulls in its compiler stack (about 2 s). Done once in the forkserver, not per child."""
-    import torch
-
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    torch.use_deterministic_algorithms(deterministic)
-
-
-_warm()
 _CTX = mp.get_context("forkserver")
 # everything a command imports lazily (sklearn alone takes 2 s), so children start warm
 _CTX.set_forkserver_preload(

@@ -50,6 +50,7 @@ from raysisa.sisa.cost import retrain_cost
 from raysisa.sisa.pool import ShardPool
 from raysisa.sisa.run import SisaRun
 from raysisa.sisa.shard import load_model
+from raysisa.sisa.tasks import ApplyUpdate, MethodCall, UpdateResult
 from raysisa.store import CheckpointRef, tensors_sha256
 from raysisa.training import derive_seed, predict_proba
 
@@ -298,32 +299,37 @@ class Coordinator:
         bases = {shard: self._served_ref(shard) for shard in decisions}
         # seeded by what is forgotten, so a replayed plan (or the same request) draws the same
         seeds = {s: derive_seed(int(hashlib.sha256(np.sort(ids[s]).tobytes()).hexdigest()[:15], 16), s) for s in decisions}
+        self.pool.start(sorted(decisions))
         handles = {
-            shard: self.pool.submit(shard, "apply_method", self.run.config, get_method(d["method"], d["args"]).describe(),
-                                    ids[shard], seeds[shard], bases[shard])
+            shard: self.pool.submit(
+                shard, ApplyUpdate(self.run.config, MethodCall(d["method"], d["args"]), ids[shard], seeds[shard], bases[shard])
+            )
             for shard, d in decisions.items()
         }
-        results = {shard: self.pool.result(handle) for shard, handle in handles.items()}
+        results: dict[int, UpdateResult] = {shard: self.pool.result(handle) for shard, handle in handles.items()}
         ohs = self.config.ohs
-        recover = get_method(
+        recover = MethodCall.of(get_method(
             "ohs",
             {"lr": ohs.lr_factor * spec.train.lr, "epochs": self._ohs_epochs(), "min_delta": ohs.min_delta,
              "patience": ohs.patience, "batch_size": spec.train.batch_size, "weight_decay": spec.train.weight_decay},
-        ).describe()
+        ))
         last = spec.sharding.num_slices
         handles = {
-            shard: self.pool.submit(shard, "apply_method", self.run.config, recover, ids[shard], seeds[shard],
-                                    results[shard]["tensors"], None, list(range(last - d["ohs_slices"] + 1, last + 1)))
+            shard: self.pool.submit(
+                shard,
+                ApplyUpdate(self.run.config, recover, ids[shard], seeds[shard], base=results[shard].tensors,
+                            retain_slices=tuple(range(last - d["ohs_slices"] + 1, last + 1))),
+            )
             for shard, d in decisions.items()
             if d["ohs_slices"]
         }
-        tuned = {shard: self.pool.result(handle) for shard, handle in handles.items()}
+        tuned: dict[int, UpdateResult] = {shard: self.pool.result(handle) for shard, handle in handles.items()}
         seconds = {}
         for shard, decision in decisions.items():
             steps = [results[shard], *([tuned[shard]] if shard in tuned else [])]
-            seconds[shard] = sum(r["outcome"]["setup_seconds"] + r["outcome"]["unlearn_seconds"] for r in steps)
-            self._write_overlay(shard, decision, steps[-1]["tensors"], bases[shard], ids[shard], batch_id, carried[shard],
-                                tuned[shard]["outcome"]["epochs"] if shard in tuned else 0)
+            seconds[shard] = sum(r.seconds for r in steps)
+            self._write_overlay(shard, decision, steps[-1].tensors, bases[shard], ids[shard], batch_id, carried[shard],
+                                tuned[shard].outcome.epochs if shard in tuned else 0)
             crash_point("batch.overlay")
         return seconds
 

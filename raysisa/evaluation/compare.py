@@ -36,10 +36,11 @@ from raysisa.sisa.cost import first_slices
 from raysisa.sisa.pool import ShardPool
 from raysisa.sisa.run import SisaRun
 from raysisa.sisa.shard import model_tensors, shard_refs
+from raysisa.sisa.tasks import ApplyUpdate, MethodCall
 from raysisa.store import ObjectStore
 from raysisa.methods import UnlearnMethod, get_method, list_methods, omp_prune
 from raysisa.methods.masks import sparsity
-from raysisa.methods.sisa import approximate_unlearn, shard_groups
+from raysisa.sisa.approximate import approximate_unlearn, shard_groups
 
 __all__ = ["MethodResult", "CompareReport", "compare", "resolve_methods"]
 
@@ -191,8 +192,9 @@ def _prune_first(original: SisaRun, prune: PruneConfig, states: list[State], poo
         model.load_state_dict(model_state)
         mask = omp_prune(model, prune.sparsity)
         masks.append(mask)
-        handles.append(pool.submit(shard, "apply_method", original.config, recover.describe(), np.zeros(0, np.int64), 0, model.state_dict(), mask))
-    pruned = [pool.result(h)["tensors"] for h in handles]
+        task = ApplyUpdate(original.config, MethodCall.of(recover), np.zeros(0, np.int64), 0, base=model.state_dict(), prune_mask=mask)
+        handles.append(pool.submit(shard, task))
+    pruned = [pool.result(h).tensors for h in handles]
     return pruned, masks, time.perf_counter() - started
 
 
@@ -216,8 +218,8 @@ def _masked_retrain(original: SisaRun, forget: np.ndarray, masks: list[State], p
     handles = {}
     for shard, ids in shard_groups(original, forget).items():
         init = model_tensors(original.store.checkpoints.get(shard_refs(original.store, shard)[0]).tensors)
-        handles[shard] = pool.submit(shard, "apply_method", original.config, recipe.describe(), ids, seed, init, masks[shard])
-    states = {shard: pool.result(h)["tensors"] for shard, h in handles.items()}
+        handles[shard] = pool.submit(shard, ApplyUpdate(original.config, MethodCall.of(recipe), ids, seed, base=init, prune_mask=masks[shard]))
+    states = {shard: pool.result(h).tensors for shard, h in handles.items()}
     return states, time.perf_counter() - started
 
 
@@ -292,12 +294,12 @@ def compare(
             results.append(
                 _result(
                     name, seed, method.args.to_dict(), metrics, retrain_metrics,
-                    setup_seconds=sum(o["setup_seconds"] for o in outcomes),
-                    unlearn_seconds=sum(o["unlearn_seconds"] for o in outcomes),
+                    setup_seconds=sum(o.setup_seconds for o in outcomes),
+                    unlearn_seconds=sum(o.unlearn_seconds for o in outcomes),
                     eval_seconds=time.perf_counter() - eval_started,
                     wall_seconds=wall,
                     shards_updated=sorted(updates),
-                    notes={**{str(k): u.outcome["notes"] for k, u in updates.items() if u.outcome["notes"]}, **sparse(states)},
+                    notes={**{str(k): u.outcome.notes for k, u in updates.items() if u.outcome.notes}, **sparse(states)},
                 )
             )
             log.info("compare seed %d: %s avg gap %.2f", seed, name, results[-1].avg_gap)

@@ -1,6 +1,7 @@
 """Ray at the edge: one actor per shard around :class:`ShardWorker`, and Ray start-up.
 
-Actors are created lazily, reserve ``cluster.cpus_per_shard`` CPUs (by default the
+Actors are created together by :meth:`RayPool.start` (one scheduling wave, not one per
+first call) or on first use, reserve ``cluster.cpus_per_shard`` CPUs (by default the
 cluster's free CPUs spread over the shards, at most one each) and ``cluster.gpus_per_shard``
 GPUs, and are restarted by Ray up to ``cluster.max_restarts`` times; a call in flight when
 its actor dies is retried on the restarted actor, and since every ``ShardWorker`` call is
@@ -24,6 +25,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from raysisa.config import ClusterConfig
 from raysisa.errors import ClusterUnavailableError, RaysisaError, ShardUnavailableError
 from raysisa.sisa.shard import ShardWorker
+from raysisa.sisa.tasks import ShardTask
 
 __all__ = ["RayPool", "ray_session", "ray_pool", "connect"]
 
@@ -57,6 +59,12 @@ class RayPool:
         # Spread the CPUs that are free now, so every shard actor can start.
         return max(0.01, min(1.0, math.floor(100 * self.free_cpus / self.num_shards) / 100))
 
+    def start(self, shards: Sequence[int]) -> None:
+        """Create the actors of ``shards`` now, together, and wait until they are up, so
+        that their start-up overlaps instead of delaying each shard's first task."""
+        new = [shard for shard in shards if shard not in self.actors]
+        ray.get([self.actor(shard).__ray_ready__.remote() for shard in new])
+
     def actor(self, shard: int) -> Any:
         """The actor handle of ``shard`` (created on first use)."""
         if shard not in self.actors:
@@ -74,8 +82,8 @@ class RayPool:
             return self.cluster.max_concurrent
         return max(1, int(self.cpus // threads_per_shard))
 
-    def submit(self, shard: int, method: str, *args: Any) -> ray.ObjectRef:
-        handle = getattr(self.actor(shard), method).remote(*args)
+    def submit(self, shard: int, task: ShardTask) -> ray.ObjectRef:
+        handle = self.actor(shard).run.remote(task)
         self._shard_of[handle] = shard
         return handle
 

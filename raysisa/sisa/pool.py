@@ -2,7 +2,8 @@
 
 The driver logic in :mod:`raysisa.sisa.run` talks to a :class:`ShardPool` only, so the
 whole SISA flow runs (and is unit-tested) without Ray; :class:`raysisa.sisa.actors.RayPool`
-puts one Ray actor per shard behind the same four methods.
+puts one Ray actor per shard behind the same methods. What a pool runs is a typed task of
+:mod:`raysisa.sisa.tasks`, executed by the shard's :meth:`ShardWorker.run`.
 """
 
 from __future__ import annotations
@@ -12,19 +13,24 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from raysisa.sisa.shard import ShardWorker
+from raysisa.sisa.tasks import ShardTask
 
 __all__ = ["ShardPool", "LocalPool"]
 
 
 class ShardPool(Protocol):
-    """Runs ``ShardWorker`` methods for shards, asynchronously where it can."""
+    """Runs shard tasks, asynchronously where it can."""
+
+    def start(self, shards: Sequence[int]) -> None:
+        """Get the workers of ``shards`` ready at once (Ray: create their actors together)."""
+        ...
 
     def concurrency(self, threads_per_shard: int) -> int:
         """How many shards may train at once."""
         ...
 
-    def submit(self, shard: int, method: str, *args: Any) -> Any:
-        """Start ``ShardWorker(shard).<method>(*args)``; return a handle."""
+    def submit(self, shard: int, task: ShardTask) -> Any:
+        """Start ``ShardWorker(shard).run(task)``; return a handle."""
         ...
 
     def wait(self, handles: Sequence[Any]) -> list[Any]:
@@ -51,13 +57,17 @@ class LocalPool:
         self.device = device
         self.workers: dict[int, ShardWorker] = {}
 
+    def start(self, shards: Sequence[int]) -> None:
+        for shard in shards:
+            self.workers.setdefault(shard, ShardWorker(shard, self.device))
+
     def concurrency(self, threads_per_shard: int) -> int:
         return 1
 
-    def submit(self, shard: int, method: str, *args: Any) -> _Done:
+    def submit(self, shard: int, task: ShardTask) -> _Done:
         worker = self.workers.setdefault(shard, ShardWorker(shard, self.device))
         try:
-            return _Done(value=getattr(worker, method)(*args))
+            return _Done(value=worker.run(task))
         except Exception as exc:  # noqa: BLE001 - handed back through result()
             return _Done(error=exc)
 

@@ -43,7 +43,8 @@ from raysisa.sisa.aggregate import aggregate
 from raysisa.sisa.cost import first_slices, retrain_cost
 from raysisa.sisa.pool import ShardPool
 from raysisa.sisa.reports import EvalReport, TrainReport, UnlearnReport, parse_ids
-from raysisa.sisa.shard import SliceReport, load_model
+from raysisa.sisa.shard import load_model
+from raysisa.sisa.tasks import Predict, SliceReport, TrainSlice
 from raysisa.store import CheckpointRef, RunStore
 from raysisa.store.lease import Lease, acquire_lease, current_holder
 from raysisa.store.run import JOURNAL, SweepReport
@@ -246,6 +247,7 @@ class SisaRun:
     def _run_work(self, pool: ShardPool, work: dict[int, list[int]], progress: bool, what: str) -> list[SliceReport]:
         """Run each shard's slices in order, shards in parallel up to the pool's concurrency."""
         queues = {shard: list(slices) for shard, slices in work.items() if slices}
+        pool.start(sorted(queues))
         limit = pool.concurrency(self.store.spec.train.threads)
         store = self.config
         reports: list[SliceReport] = []
@@ -255,13 +257,13 @@ class SisaRun:
             while waiting or in_flight:
                 while waiting and len(in_flight) < limit:
                     shard = waiting.pop(0)
-                    in_flight[pool.submit(shard, "train_slice", store, queues[shard].pop(0))] = shard
+                    in_flight[pool.submit(shard, TrainSlice(store, queues[shard].pop(0)))] = shard
                 for handle in pool.wait(list(in_flight)):
                     shard = in_flight.pop(handle)
                     reports.append(pool.result(handle))
                     bar.update(1)
                     if queues[shard]:
-                        in_flight[pool.submit(shard, "train_slice", store, queues[shard].pop(0))] = shard
+                        in_flight[pool.submit(shard, TrainSlice(store, queues[shard].pop(0)))] = shard
         return reports
 
     # -- unlearning ------------------------------------------------------------------------
@@ -396,10 +398,8 @@ class SisaRun:
         """
         served = self.served_refs()
         if pool is not None:
-            if x is None:
-                handles = [pool.submit(shard, "predict_test", self.config, ref) for shard, ref in served.items()]
-            else:
-                handles = [pool.submit(shard, "predict", self.config, x, ref) for shard, ref in served.items()]
+            pool.start(sorted(served))
+            handles = [pool.submit(shard, Predict(self.config, ref, x)) for shard, ref in served.items()]
             return np.stack([pool.result(h).numpy() for h in handles])
         if x is None:
             x, _ = to_tensors(self.store.read_test(), self.store.info)

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,9 +31,11 @@ from raysisa.data.tensors import to_tensors
 from raysisa.errors import StoreError
 from raysisa.models import build_model
 from raysisa.store import CheckpointRef, RunStore, slice_keys, tensors_sha256
+from raysisa.sisa.tasks import ApplyUpdate, Predict, ShardTask, SliceReport, TrainSlice, UpdateResult
 from raysisa.store.run import MANIFEST, parquet_table
 from raysisa.training import (
     build_optimizer,
+    configure_torch,
     derive_seed,
     load_optimizer_tensors,
     lr_at,
@@ -42,27 +44,9 @@ from raysisa.training import (
     train_epoch,
 )
 
-__all__ = ["SliceReport", "ShardWorker", "shard_refs", "load_model", "model_tensors"]
+__all__ = ["ShardWorker", "shard_refs", "load_model", "model_tensors"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SliceReport:
-    """What one ``train_slice`` call did. ``trained`` is False when the checkpoint existed."""
-
-    shard: int
-    slice: int
-    key: str
-    trained: bool
-    epochs: int = 0
-    samples: int = 0
-    sample_grads: int = 0
-    seconds: float = 0.0
-    mean_loss: float = float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def shard_refs(run: RunStore, shard: int, slice_ids: list | None = None) -> list[CheckpointRef]:
@@ -97,8 +81,22 @@ class _Run:
         self.fingerprint = self.store.fingerprint
 
 
+@dataclass(frozen=True)
+class _Part:
+    """One decoded partition: ids in training order, normalised images, labels."""
+
+    ids: np.ndarray
+    x: torch.Tensor
+    y: torch.Tensor
+
+
 class ShardWorker:
-    """Trains and serves shard ``shard`` of whichever run a call names.
+    """Runs the tasks of :mod:`raysisa.sisa.tasks` for shard ``shard`` of whichever run a
+    task names (:meth:`run`).
+
+    A worker keeps the partitions it decoded, keyed by their sha256 in the commit, so a
+    long-lived worker (a Ray actor) reads from the store only the partitions a deletion
+    rewrote since its last task.
 
     Args:
         shard: the shard index this worker owns.
@@ -109,11 +107,22 @@ class ShardWorker:
         self.shard = shard
         self.device = device
         self._runs: dict[str, _Run] = {}
-        self._decoded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # partition sha256 -> (x, y)
+        self._parts: dict[str, _Part] = {}  # partition sha256 -> decoded partition
         self._test: dict[str, torch.Tensor] = {}  # test split sha256 -> x
 
     def pid(self) -> int:
         return os.getpid()
+
+    def run(self, task: ShardTask) -> SliceReport | UpdateResult | torch.Tensor:
+        """Execute one task (see :mod:`raysisa.sisa.tasks`)."""
+        match task:
+            case TrainSlice():
+                return self._train_slice(task)
+            case ApplyUpdate():
+                return self._apply_update(task)
+            case Predict():
+                return self._predict(task)
+        raise TypeError(f"not a shard task: {type(task).__name__}")
 
     def _run(self, store: StoreConfig) -> _Run:
         """The run at ``store``, with its latest committed state (the driver holds the lease
@@ -126,51 +135,46 @@ class ShardWorker:
             self._runs[key] = _Run(store)
         run = self._runs[key]
         run.store.refresh()
+        configure_torch(run.spec.train.threads, deterministic=self.device == "cpu")
         return run
 
-    def _configure_torch(self, spec: RunSpec) -> None:
-        torch.set_num_threads(spec.train.threads)
-        if self.device == "cpu":
-            torch.use_deterministic_algorithms(True)
+    def _slices(self, run: _Run) -> tuple[list[_Part], list[CheckpointRef]]:
+        """(decoded partitions of slices 1..R, checkpoint refs 0..R) of this shard.
 
-    def _slices(self, run: _Run) -> tuple[list, list[bytes], list[CheckpointRef]]:
-        """(ids per slice, raw partition bytes per slice, checkpoint refs) of this shard.
-
-        The refs are computed from the partitions' ids and must equal the committed
-        state's: a mismatch means the store was modified outside raysisa, and nothing
-        is trained on it."""
-        blobs = [run.store.read_partition_bytes(self.shard, r) for r in range(1, run.spec.sharding.num_slices + 1)]
-        tables = [parquet_table(b, f"shard {self.shard} slice {r}") for r, b in enumerate(blobs, start=1)]
-        ids = [t["id"].to_numpy() for t in tables]
-        refs = shard_refs(run.store, self.shard, ids)
+        Partitions are read (sha256-verified) only when not decoded already. The refs are
+        computed from the partitions' ids and must equal the committed state's: a mismatch
+        means the store was modified outside raysisa, and nothing is trained on it."""
+        state = run.store.state()
+        digests = [state.partitions[(self.shard, r)].sha256 for r in range(1, run.spec.sharding.num_slices + 1)]
+        for r, digest in enumerate(digests, start=1):
+            if digest not in self._parts:
+                table = parquet_table(run.store.read_partition_bytes(self.shard, r), f"shard {self.shard} slice {r}")
+                x, y = to_tensors(table, run.info)
+                self._parts[digest] = _Part(table["id"].to_numpy(), x, y)
+        # keep this run's current partitions only (a deletion's rewrite replaces one)
+        self._parts = {d: self._parts[d] for d in digests}
+        parts = [self._parts[d] for d in digests]
+        refs = shard_refs(run.store, self.shard, [p.ids for p in parts])
         if refs != run.store.expected_refs()[self.shard]:
             raise StoreError(
-                f"shard {self.shard}: the partitions of commit {run.store.state().version} at {run.store.uri} do not "
+                f"shard {self.shard}: the partitions of commit {state.version} at {run.store.uri} do not "
                 "match the checkpoint keys it records; the store was modified outside raysisa"
             )
-        return ids, blobs, refs
+        return parts, refs
 
-    def _tensors(self, blob: bytes, run: _Run) -> tuple[torch.Tensor, torch.Tensor]:
-        digest = hashlib.sha256(blob).hexdigest()
-        if digest not in self._decoded:
-            self._decoded[digest] = to_tensors(parquet_table(blob, "partition"), run.info)
-        return self._decoded[digest]
-
-    def _keep_decoded(self, blobs: list[bytes]) -> None:
-        """Forget decoded partitions that are no longer current (e.g. rewritten by a deletion)."""
-        current = {hashlib.sha256(b).hexdigest() for b in blobs}
-        for digest in set(self._decoded) - current:
-            del self._decoded[digest]
-
-    def train_slice(self, store: StoreConfig, slice_: int) -> SliceReport:
-        """Make sure checkpoint ``slice_`` exists for the current data; train it if not."""
-        run = self._run(store)
-        self._configure_torch(run.spec)
-        ids, blobs, refs = self._slices(run)
-        ref = refs[slice_]
+    # -- TrainSlice ------------------------------------------------------------------------
+    def _train_slice(self, task: TrainSlice) -> SliceReport:
+        """Make sure checkpoint ``task.slice`` exists for the current data; train it if not."""
+        run = self._run(task.store)
+        refs = run.store.expected_refs()[self.shard]
+        ref = refs[task.slice]
         if run.store.checkpoints.exists(ref):
-            return SliceReport(self.shard, slice_, ref.key, trained=False)
-        report = self._write_init(run, ref) if slice_ == 0 else self._train(run, refs, ids, blobs, slice_)
+            return SliceReport(self.shard, task.slice, ref.key, trained=False)
+        if task.slice == 0:
+            report = self._write_init(run, ref)
+        else:
+            parts, refs = self._slices(run)
+            report = self._train(run, refs, parts, task.slice)
         crash_point("train.slice")
         return report
 
@@ -181,7 +185,7 @@ class ShardWorker:
         run.store.checkpoints.put(ref, tensors, self._manifest(run, ref, [], tensors, {}))
         return SliceReport(self.shard, 0, ref.key, trained=True)
 
-    def _train(self, run: _Run, refs: list[CheckpointRef], ids: list, blobs: list[bytes], r: int) -> SliceReport:
+    def _train(self, run: _Run, refs: list[CheckpointRef], parts: list[_Part], r: int) -> SliceReport:
         spec = run.spec
         previous = run.store.checkpoints.get(refs[r - 1])  # verified; raises if corrupt
         model = build_model(run.info, spec.model)
@@ -191,10 +195,8 @@ class ShardWorker:
         if "optimizer" in previous.manifest:
             load_optimizer_tensors(optimizer, previous.tensors, previous.manifest["optimizer"])
 
-        parts = [self._tensors(blobs[i], run) for i in range(r)]
-        self._keep_decoded(blobs)
-        x = torch.cat([p[0] for p in parts])
-        y = torch.cat([p[1] for p in parts])
+        x = torch.cat([p.x for p in parts[:r]])
+        y = torch.cat([p.y for p in parts[:r]])
         plan = slice_epochs(spec.train.epochs, spec.sharding.num_slices)
         offset = sum(plan[: r - 1])
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -226,7 +228,8 @@ class ShardWorker:
             "train_cpu_seconds": cpu_seconds,  # steadier than wall time on a loaded machine
             "parent": refs[r - 1].key,
         }
-        run.store.checkpoints.put(refs[r], tensors, self._manifest(run, refs[r], ids[:r], tensors, extra))
+        lineage = [p.ids for p in parts[:r]]
+        run.store.checkpoints.put(refs[r], tensors, self._manifest(run, refs[r], lineage, tensors, extra))
         log.info("shard %d slice %d trained: %d samples x %d epochs in %.2fs", self.shard, r, len(x), plan[r - 1], seconds)
         return SliceReport(
             self.shard, r, refs[r].key, True, plan[r - 1], len(x), plan[r - 1] * len(x), seconds, loss_sum / max(seen, 1)
@@ -243,47 +246,21 @@ class ShardWorker:
             **extra,
         }
 
-    def apply_method(
-        self,
-        store: StoreConfig,
-        method: dict[str, Any],
-        forget_ids: Any,
-        seed: int,
-        base: dict[str, torch.Tensor] | CheckpointRef | None = None,
-        prune_mask: dict[str, torch.Tensor] | None = None,
-        retain_slices: list[int] | None = None,
-    ) -> dict[str, Any]:
-        """Apply an approximate unlearning method to this shard's current model.
-
-        Args:
-            method: ``{"method": name, "args": {...}}`` (``UnlearnMethod.describe()``).
-            forget_ids: ids of this shard's samples to forget (the rest are retained).
-            seed: the method's seed.
-            base: start from these model weights, or this checkpoint/overlay, instead of
-                the latest checkpoint.
-            prune_mask: weights that must stay zero (prune-first).
-            retain_slices: use only these slices' samples (1-based) as data (OHS).
-
-        Returns:
-            ``{"tensors": new state dict, "outcome": UnlearnOutcome dict}``. The stored
-            checkpoints are not touched.
-        """
+    # -- ApplyUpdate -----------------------------------------------------------------------
+    def _apply_update(self, task: ApplyUpdate) -> UpdateResult:
+        """Apply an approximate unlearning method to this shard's model; the stored
+        checkpoints are not touched."""
         from raysisa.methods import get_method
         from raysisa.methods.base import Need
         from raysisa.methods.engine import make_context, run_method
 
-        run = self._run(store)
-        self._configure_torch(run.spec)
-        ids, blobs, refs = self._slices(run)
-        parts = [self._tensors(b, run) for b in blobs]
-        self._keep_decoded(blobs)
-        if retain_slices is not None:
-            keep = [r - 1 for r in sorted(set(retain_slices))]
-            ids, parts = [ids[i] for i in keep], [parts[i] for i in keep]
-        unlearner = get_method(method["method"], method.get("args"))
+        run = self._run(task.store)
+        parts, refs = self._slices(run)
+        if task.retain_slices is not None:
+            parts = [parts[r - 1] for r in sorted(set(task.retain_slices))]
+        unlearner = get_method(task.method.name, task.method.args)
         model = build_model(run.info, run.spec.model)
-        if base is None:
-            base = refs[-1]
+        base = refs[-1] if task.base is None else task.base
         if isinstance(base, CheckpointRef):
             base = load_model(run.store, base).state_dict()
         model.load_state_dict(base, strict=True)
@@ -293,30 +270,29 @@ class ShardWorker:
             model,
             run.info,
             run.spec.model,
-            seed,
-            x=torch.cat([p[0] for p in parts]),
-            y=torch.cat([p[1] for p in parts]),
-            ids=np.concatenate(ids),
-            forget_ids=np.asarray(forget_ids, dtype=np.int64),
+            task.seed,
+            x=torch.cat([p.x for p in parts]),
+            y=torch.cat([p.y for p in parts]),
+            ids=np.concatenate([p.ids for p in parts]),
+            forget_ids=np.asarray(task.forget_ids, dtype=np.int64),
             init_state=init,
-            prune_mask=prune_mask,
+            prune_mask=task.prune_mask,
             augment=run.spec.train.augment,
             device=self.device,
         )
         outcome = run_method(unlearner, ctx)
-        return {"tensors": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "outcome": outcome.to_dict()}
+        return UpdateResult({k: v.detach().cpu() for k, v in model.state_dict().items()}, outcome)
 
-    def predict(self, store: StoreConfig, x: torch.Tensor, ref: CheckpointRef | None = None) -> torch.Tensor:
-        """Softmax probabilities on ``x`` of checkpoint ``ref`` (default: the latest)."""
-        run = self._run(store)
-        ref = ref if ref is not None else shard_refs(run.store, self.shard)[-1]
+    # -- Predict ---------------------------------------------------------------------------
+    def _predict(self, task: Predict) -> torch.Tensor:
+        """Softmax probabilities of ``task.ref`` (default: the latest exact checkpoint)."""
+        run = self._run(task.store)
+        ref = task.ref if task.ref is not None else run.store.expected_refs()[self.shard][-1]
+        x = task.x
+        if x is None:
+            digest = run.store.state().test.sha256
+            if digest not in self._test:
+                self._test = {digest: to_tensors(run.store.read_test(), run.info)[0]}
+            x = self._test[digest]
         model = load_model(run.store, ref, self.device)
         return predict_proba(model, x, device=self.device)
-
-    def predict_test(self, store: StoreConfig, ref: CheckpointRef | None = None) -> torch.Tensor:
-        """Softmax probabilities of checkpoint ``ref`` (default: the latest) on the test split."""
-        run = self._run(store)
-        digest = run.store.state().test.sha256
-        if digest not in self._test:
-            self._test = {digest: to_tensors(run.store.read_test(), run.info)[0]}
-        return self.predict(store, self._test[digest], ref)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+import ray
 from raysisa import ClusterConfig, LocalPool, StoreConfig, parse_config, train, unlearn
 from raysisa.errors import InvalidIdsError
 from raysisa.sisa.actors import RayPool
@@ -100,7 +101,7 @@ def test_a_killed_shard_actor_resumes_from_its_last_checkpoint(tmp_path, ray_clu
 
     store = StoreConfig(uri=str(tmp_path / "killed"))
     pool = RayPool(ClusterConfig(cpus_per_shard=0.25, max_concurrent=2, max_restarts=2), num_shards=2)
-    pid_before = pool.result(pool.submit(0, "pid"))
+    pid_before = ray.get(pool.actor(0).pid.remote())
     outcome = {}
 
     def run():
@@ -120,7 +121,7 @@ def test_a_killed_shard_actor_resumes_from_its_last_checkpoint(tmp_path, ray_clu
     done_before_kill = {r.slice for r in run_store.checkpoints.list(shard=0)}
     os.kill(pid_before, signal.SIGKILL)
     thread.join(timeout=300)
-    pool_pid_after = pool.result(pool.submit(0, "pid"))
+    pool_pid_after = ray.get(pool.actor(0).pid.remote())
     pool.close()
 
     assert "error" not in outcome, outcome.get("error")

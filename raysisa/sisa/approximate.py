@@ -20,8 +20,10 @@ from raysisa.data.samples import take_ids
 from raysisa.errors import InvalidIdsError
 from raysisa.sisa.pool import ShardPool
 from raysisa.sisa.run import SisaRun
+from raysisa.sisa.tasks import ApplyUpdate, MethodCall
 from raysisa.training import derive_seed
 from raysisa.methods.base import UnlearnMethod
+from raysisa.methods.engine import UnlearnOutcome
 
 __all__ = ["ShardUpdate", "approximate_unlearn", "shard_groups"]
 
@@ -33,7 +35,7 @@ class ShardUpdate:
     shard: int
     forget_ids: np.ndarray
     tensors: dict[str, torch.Tensor]
-    outcome: dict[str, Any]
+    outcome: UnlearnOutcome
 
 
 def shard_groups(run: SisaRun, ids: Iterable[Any]) -> dict[int, np.ndarray]:
@@ -74,22 +76,24 @@ def approximate_unlearn(
         prune_masks: per-shard prune masks to keep (prune-first).
     """
     groups = shard_groups(run, ids)
-    described = method.describe()
+    call = MethodCall.of(method)
+    pool.start(sorted(groups))
     handles = {
         shard: pool.submit(
             shard,
-            "apply_method",
-            run.config,
-            described,
-            forget,
-            derive_seed(seed, shard),
-            (base_states or {}).get(shard),
-            (prune_masks or {}).get(shard),
+            ApplyUpdate(
+                run.config,
+                call,
+                forget,
+                derive_seed(seed, shard),
+                base=(base_states or {}).get(shard),
+                prune_mask=(prune_masks or {}).get(shard),
+            ),
         )
         for shard, forget in groups.items()
     }
     updates = {}
     for shard, handle in handles.items():
         result = pool.result(handle)
-        updates[shard] = ShardUpdate(shard, groups[shard], result["tensors"], result["outcome"])
+        updates[shard] = ShardUpdate(shard, groups[shard], result.tensors, result.outcome)
     return updates
