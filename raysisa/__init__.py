@@ -11,6 +11,10 @@ Example:
 
 __version__ = "0.1.0"
 
+# These imports also fill the registries whose names configs validate (raysisa.registry):
+# data sources (raysisa.data), models and quantization schemes (raysisa.models, raysisa.quant)
+# and coordinator policies (raysisa.coordinator). Python runs this file before any submodule,
+# so every built-in name is registered whichever raysisa module is imported first.
 from raysisa.api import compare, evaluate, inspect, run_coordinator, train, unlearn
 from raysisa.coordinator import register_subjects, requests, status, submit, wait
 from raysisa.config import (

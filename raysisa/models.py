@@ -15,12 +15,13 @@ from torch import nn
 
 from raysisa.config import ModelConfig
 from raysisa.data.samples import DatasetInfo
-from raysisa.registry import Registry
+from raysisa.quant import get_scheme
+from raysisa.registry import MODELS
 
 __all__ = ["MODELS", "register_model", "list_models", "build_model"]
 
 Builder = Callable[[DatasetInfo, ModelConfig], nn.Module]
-MODELS: Registry[Builder] = Registry("model")
+# MODELS (name -> Builder) lives in raysisa.registry, below config, which validates model.name.
 register_model = MODELS.register  # decorator: @register_model("name")
 
 
@@ -36,8 +37,6 @@ def build_model(info: DatasetInfo, config: ModelConfig) -> nn.Module:
     model = MODELS.get(config.name)(info, config)
     quant = config.quant
     if quant is not None and (quant.w_bits < 32 or quant.a_bits < 32):
-        from raysisa.quant.schemes import get_scheme
-
         model = get_scheme(quant.scheme).convert(model, config.name, info, quant.w_bits, quant.a_bits)
     return model
 

@@ -1,12 +1,18 @@
-"""A small name -> object registry, shared by data sources, models, aggregators and (later)
-unlearning methods: duplicates fail, unknown names fail listing the valid ones."""
+"""A small name -> object registry, shared by data sources, models, quantization schemes,
+policies, aggregators and unlearning methods: duplicates fail, unknown names fail listing
+the valid ones.
+
+The registries whose names a config field may take live here, at the bottom of the package,
+so that :mod:`raysisa.config` validates those names without importing the modules that fill
+them (which sit above it). Importing :mod:`raysisa` imports those modules, so every
+built-in name is registered before any config is built."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "SOURCES", "MODELS", "SCHEMES", "POLICIES"]
 
 T = TypeVar("T")
 
@@ -59,3 +65,10 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
+
+
+# Names that configs validate; filled by the modules named in the comments.
+SOURCES: Registry[Any] = Registry("data source")  # raysisa.data.sources, raysisa.data.torchvision_sources
+MODELS: Registry[Any] = Registry("model")  # raysisa.models
+SCHEMES: Registry[Any] = Registry("quantization scheme")  # raysisa.quant.schemes
+POLICIES: Registry[Any] = Registry("policy", "policies")  # raysisa.coordinator.policy

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from raysisa.errors import ConfigError
+from raysisa.registry import Registry
 
 __all__ = ["ConfigModel", "validate", "registered"]
 
@@ -41,7 +42,11 @@ def validate(cls: type[BaseModel], data: Any, where: str = "") -> Any:
         _INIT_DEPTH.reset(depth)
 
 
-def registered(registry: Any, value: str) -> str:
+def registered(registry: Registry[Any], value: str) -> str:
+    """``value`` when ``registry`` holds it; otherwise a ValueError listing the valid names.
+
+    The registries live in :mod:`raysisa.registry`, below config: config never imports the
+    modules that fill them."""
     if value not in registry:
         raise ValueError(registry.unknown(value))
     return value

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from raysisa.config.base import ConfigModel, registered
+from raysisa.registry import POLICIES
 
 __all__ = ["DpusConfig", "OhsConfig", "CoordinatorConfig"]
 
@@ -76,6 +77,4 @@ class CoordinatorConfig(ConfigModel):
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, value: str) -> str:
-        from raysisa.coordinator.policy import POLICIES
-
         return registered(POLICIES, value)

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from raysisa.config.base import ConfigModel, registered
+from raysisa.registry import MODELS, SCHEMES, SOURCES
 
 __all__ = [
     "PoisonConfig",
@@ -21,7 +22,10 @@ __all__ = [
     "TrainConfig",
     "slice_epochs",
     "RunSpec",
+    "SUPPORTED_BITS",
 ]
+
+SUPPORTED_BITS = (2, 4, 8, 32)  # bit widths of QuantConfig; 32 = full precision
 
 
 class PoisonConfig(ConfigModel):
@@ -83,8 +87,6 @@ class DataConfig(ConfigModel):
     @field_validator("source")
     @classmethod
     def _known_source(cls, value: str) -> str:
-        from raysisa.data.sources import SOURCES
-
         return registered(SOURCES, value)
 
     def identity(self) -> dict[str, Any]:
@@ -116,15 +118,11 @@ class QuantConfig(ConfigModel):
     @field_validator("scheme")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        from raysisa.quant.schemes import SCHEMES
-
         return registered(SCHEMES, value)
 
     @field_validator("w_bits", "a_bits")
     @classmethod
     def _supported_bits(cls, value: int) -> int:
-        from raysisa.quant.schemes import SUPPORTED_BITS
-
         if value not in SUPPORTED_BITS:
             raise ValueError(f"unsupported bit width {value}; supported: {', '.join(map(str, SUPPORTED_BITS))} (32 = full precision)")
         return value
@@ -146,8 +144,6 @@ class ModelConfig(ConfigModel):
     @field_validator("name")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        from raysisa.models import MODELS
-
         return registered(MODELS, value)
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raysisa.config import CoordinatorConfig
-from raysisa.registry import Registry
+from raysisa.registry import POLICIES
 
 __all__ = [
     "ShardWork",
@@ -114,7 +114,7 @@ class Reject:
 
 Decision = RetrainFromSlice | ApplyMethod | Defer | Reject
 Policy = Callable[[ShardWork, CoordinatorConfig], Decision]
-POLICIES: Registry[Policy] = Registry("policy", "policies")
+# POLICIES (name -> Policy) lives in raysisa.registry, below config, which validates coordinator.policy.
 
 
 def ohs_slices(slice_sizes_after: list[int], full_grads: int, rho: float, epochs: int) -> int:

@@ -4,6 +4,7 @@ from raysisa.data.partition import Partition, plan_partition
 from raysisa.data.samples import SAMPLE_SCHEMA, DatasetInfo, SourceData, decode_images, make_table
 from raysisa.data.sources import list_sources, load_source, register_source
 from raysisa.data.tensors import random_crop_flip, to_tensors
+from raysisa.data import torchvision_sources as _torchvision_sources  # noqa: F401 - registers cifar10, cifar100, svhn
 
 __all__ = [
     "SAMPLE_SCHEMA",

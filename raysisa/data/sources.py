@@ -23,14 +23,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysisa.errors import DataError
-from raysisa.registry import Registry
+from raysisa.registry import SOURCES
 
 log = logging.getLogger(__name__)
 
 __all__ = ["SOURCES", "register_source", "list_sources", "load_source"]
 
 SourceFn = Callable[["DataConfig"], "SourceData"]  # noqa: F821 - forward refs for docs
-SOURCES: Registry[SourceFn] = Registry("data source")
+# SOURCES (name -> SourceFn) lives in raysisa.registry, below config, which validates data.source.
+# The torchvision sources register from their own module, imported by raysisa.data.
 register_source = SOURCES.register  # decorator: @register_source("name")
 
 
@@ -179,7 +180,3 @@ def _is_grey(table: pa.Table) -> bool:
             return img.mode in ("L", "1", "I", "I;16")
     except (OSError, ValueError):
         return False  # decode_images reports the unreadable sample by id
-
-
-# Register the torchvision-backed sources (their module imports torchvision lazily).
-from raysisa.data import torchvision_sources as _tv  # noqa: E402,F401

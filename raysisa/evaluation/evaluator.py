@@ -89,7 +89,8 @@ class Evaluator:
             model.load_state_dict(state, strict=True)
             if is_quantized(self.model_config):
                 # score the deployed integer grid, never latent float weights (SPEC 4.7)
-                model = model_from_integers(export_integers(model, self.model_config), self.info, self.model_config)
+                export = export_integers(model, self.model_config)
+                model = model_from_integers(export, build_model(self.info, self.model_config), self.model_config)
             self._cache[key] = {name: predict_proba(model, x).numpy() for name, (x, _) in self.sets.items()}
             if len(self._cache) > 64:
                 self._cache.pop(next(iter(self._cache)))

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from raysisa.evaluation.compare import CompareReport
 from raysisa.evaluation.metrics import GAP_METRICS
+from raysisa.evaluation.results import CompareReport
 from raysisa.store import ObjectStore
 
 __all__ = ["markdown_table", "gap_chart_png", "write_report"]

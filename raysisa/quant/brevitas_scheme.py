@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from raysisa.data.samples import DatasetInfo
+from raysisa.quant.base import Scheme
 from raysisa.quant.modules import full_precision_names
-from raysisa.quant.schemes import Scheme
 
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU machines
 with warnings.catch_warnings():

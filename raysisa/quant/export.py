@@ -3,8 +3,9 @@
 :func:`export_integers` turns every quantized layer's weight into its integer codes (int8,
 on the scheme's signed grid) plus the scale they multiply; everything else (full-precision
 layers, BatchNorm, activation scales) travels as the float state dict without the latent
-quantized weights. :func:`model_from_integers` rebuilds a model that computes with those
-integers; its predictions equal the fake-quant model's. Forgetting is measured on this
+quantized weights. :func:`model_from_integers` loads them into a freshly built model
+(:func:`raysisa.models.build_model`, which sits above this package) that then computes with
+those integers; its predictions equal the fake-quant model's. Forgetting is measured on this
 deployed grid, never on latent float weights (quantizing after unlearning can restore
 what was forgotten).
 """
@@ -17,8 +18,7 @@ import torch
 from torch import nn
 
 from raysisa.config import ModelConfig
-from raysisa.data.samples import DatasetInfo
-from raysisa.quant.schemes import get_scheme
+from raysisa.quant.base import get_scheme
 
 __all__ = ["IntegerExport", "export_integers", "model_from_integers", "is_quantized"]
 
@@ -62,12 +62,10 @@ def export_integers(model: nn.Module, config: ModelConfig) -> IntegerExport:
     return IntegerExport(codes, scales, bits, rest)
 
 
-def model_from_integers(export: IntegerExport, info: DatasetInfo, config: ModelConfig) -> nn.Module:
-    """A model (eval mode) that computes with the exported integer weights."""
-    from raysisa.models import build_model
-
+def model_from_integers(export: IntegerExport, model: nn.Module, config: ModelConfig) -> nn.Module:
+    """``model``, freshly built from ``config`` (``build_model(info, config)``), made to compute
+    with the exported integer weights; returned in eval mode."""
     scheme = get_scheme(config.quant.scheme)
-    model = build_model(info, config)
     state = dict(export.rest)
     for name, codes in export.codes.items():
         state[f"{name}.weight"] = torch.zeros(codes.shape, dtype=torch.float32)  # replaced just below

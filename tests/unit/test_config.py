@@ -25,8 +25,11 @@ def test_yaml_file_and_overrides(tmp_path):
     [
         ({"train": {"epochs": 0}}, "train.epochs"),
         ({"sharding": {"num_shards": -1}}, "sharding.num_shards"),
-        ({"data": {"source": "imagenet"}}, "unknown data source 'imagenet'; valid data sources: cifar10, cifar100, digits"),
-        ({"model": {"name": "vgg"}}, "unknown model 'vgg'; valid models: mobilenet_v2, resnet18, small_cnn"),
+        ({"data": {"source": "imagenet"}}, "data.source: unknown data source 'imagenet'; valid data sources: cifar10, cifar100, digits"),
+        ({"model": {"name": "vgg"}}, "model.name: unknown model 'vgg'; valid models: mobilenet_v2, resnet18, small_cnn"),
+        ({"model": {"quant": {"scheme": "fp8"}}}, "model.quant.scheme: unknown quantization scheme 'fp8'; valid quantization schemes: brevitas, lsq"),
+        ({"model": {"quant": {"w_bits": 3}}}, "model.quant.w_bits: unsupported bit width 3; supported: 2, 4, 8, 32"),
+        ({"coordinator": {"policy": "lru"}}, "coordinator.policy: unknown policy 'lru'; valid policies: dpus, hs, ohs, prs"),
         ({"train": {"lr_schedule": "step"}}, "train.lr_schedule"),
         ({"train": {"epoch": 3}}, "train.epoch: Extra inputs are not permitted"),
         ({"sharding": {"num_slices": 10}, "train": {"epochs": 2}}, "gives some slices 0 epochs"),
@@ -36,6 +39,23 @@ def test_bad_values_name_the_problem(data, needle):
     with pytest.raises(ConfigError, match=None) as err:
         parse_config(data)
     assert needle in str(err.value)
+
+
+def test_names_are_registered_whichever_module_is_imported_first():
+    # config checks names against raysisa.registry without importing the modules that fill it
+    # (they sit above config); importing any raysisa module runs the package root, which does.
+    import subprocess
+    import sys
+
+    code = (
+        "from raysisa.config.recipe import RunSpec\n"
+        "from raysisa.config.coordinator import CoordinatorConfig\n"
+        "RunSpec.model_validate({'data': {'source': 'svhn'}, 'model': {'name': 'resnet18', 'quant': {'scheme': 'brevitas'}}})\n"
+        "CoordinatorConfig(policy='prs')\n"
+        "import sys; assert 'brevitas' not in sys.modules  # schemes load on first use\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_unreadable_and_invalid_files(tmp_path):

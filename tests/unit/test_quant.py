@@ -119,7 +119,7 @@ def test_integer_export_equals_the_fake_quant_forward(scheme, model_name):
     export = export_integers(model, config)
     assert export.codes and all(c.dtype == torch.int8 for c in export.codes.values())
     assert all(c.unique().numel() <= 16 for c in export.codes.values())
-    integer_model = model_from_integers(export, INFO, config)
+    integer_model = model_from_integers(export, build_model(INFO, config), config)
     model.eval()
     assert torch.equal(integer_model(x), model(x))
 

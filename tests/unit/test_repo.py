@@ -50,3 +50,18 @@ def test_lint_is_clean():
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
     result = subprocess.run([ruff, "check", "raysisa", "bench", "tests"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_import_layers_hold_and_no_package_has_import_cycles():
+    """pyproject's [tool.importlinter] contracts: a module imports only from its own package
+    and the layers below (README, "How it works"), and no package's modules import in a cycle."""
+    import shutil
+    import subprocess
+    import sys
+
+    venv = Path(sys.executable).with_name("lint-imports")
+    lint = str(venv) if venv.exists() else shutil.which("lint-imports")
+    assert lint, "lint-imports not installed: pip install -e '.[dev]'"
+    result = subprocess.run([lint, "--no-cache", "--no-logo"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Contracts: 2 kept, 0 broken." in result.stdout, result.stdout
