@@ -9,7 +9,9 @@ Example:
     'digits'
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import version as _version
+
+__version__ = _version("raysisa")  # one source: pyproject.toml
 
 # These imports also fill the registries whose names configs validate (raysisa.registry):
 # data sources (raysisa.data), models and quantization schemes (raysisa.models, raysisa.quant)

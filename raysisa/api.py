@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -75,6 +76,14 @@ def train(
             return run.train(shards, progress, verify)
 
 
+def in_process_is_enough(cluster: ClusterConfig | None, shards: int) -> bool:
+    """Whether shard work touching ``shards`` shards gains nothing from Ray here: no cluster
+    is configured (Ray would start a private local one just for this call) and at most one
+    shard works."""
+    address = (cluster.address if cluster is not None else None) or os.environ.get("RAY_ADDRESS")
+    return not address and shards <= 1
+
+
 def unlearn(
     store: str | StoreConfig,
     ids: Iterable[Any],
@@ -83,12 +92,19 @@ def unlearn(
     pool: ShardPool | None = None,
     progress: bool = False,
 ) -> UnlearnReport:
-    """Exactly unlearn sample ``ids`` from the run at ``store`` (see :meth:`SisaRun.unlearn`)."""
+    """Exactly unlearn sample ``ids`` from the run at ``store`` (see :meth:`SisaRun.unlearn`).
+
+    Without a ``pool``, the retraining runs on Ray, except when Ray would only add its
+    start-up: with no cluster to connect to (no ``cluster.address``, no ``RAY_ADDRESS``)
+    and the ids in at most one shard, there is nothing to run in parallel, so the shard
+    retrains in this process (``bench/scale.py`` measures both).
+    """
     run = SisaRun.open(as_store(store))
     ids = list(ids)
-    _, deleting, _ = run.check_ids(ids)  # bad input fails before Ray starts
-    if not len(deleting) and not run.pending_work():
-        pool = LocalPool()  # a no-op: nothing to train, no cluster needed
+    wanted, deleting, _ = run.check_ids(ids)  # bad input fails before Ray starts
+    shards = run.shards_of(wanted)
+    if pool is None and (in_process_is_enough(cluster, len(shards)) or not (len(deleting) or run.pending_work(shards=shards))):
+        pool = LocalPool()  # one shard's work, or nothing to train: no cluster needed
     with _pool(pool, cluster, run.store.spec.sharding.num_shards) as shards:
         return run.unlearn(ids, shards, progress)
 

@@ -31,7 +31,9 @@ class CoordinatorActor:
         from raysisa.sisa.run import SisaRun
 
         shards = SisaRun(store).store.spec.sharding.num_shards
-        self.coordinator = Coordinator(store, config, RayPool(cluster, shards))
+        pool = RayPool(cluster, shards)
+        pool.start(range(shards))  # every shard actor up before the first request: its latency is store work + retraining
+        self.coordinator = Coordinator(store, config, pool)
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="raysisa-coordinator", daemon=True)

@@ -111,7 +111,7 @@ def _prune_first(original: SisaRun, prune: PruneConfig, states: list[State], poo
         model.load_state_dict(model_state)
         mask = omp_prune(model, prune.sparsity)
         masks.append(mask)
-        task = ApplyUpdate(original.config, MethodCall.of(recover), np.zeros(0, np.int64), 0, base=model.state_dict(), prune_mask=mask)
+        task = ApplyUpdate(original.at(), MethodCall.of(recover), np.zeros(0, np.int64), 0, base=model.state_dict(), prune_mask=mask)
         handles.append(pool.submit(shard, task))
     pruned = [pool.result(h).tensors for h in handles]
     return pruned, masks, time.perf_counter() - started
@@ -137,7 +137,7 @@ def _masked_retrain(original: SisaRun, forget: np.ndarray, masks: list[State], p
     handles = {}
     for shard, ids in shard_groups(original, forget).items():
         init = model_tensors(original.store.checkpoints.get(shard_refs(original.store, shard)[0]).tensors)
-        handles[shard] = pool.submit(shard, ApplyUpdate(original.config, MethodCall.of(recipe), ids, seed, base=init, prune_mask=masks[shard]))
+        handles[shard] = pool.submit(shard, ApplyUpdate(original.at(), MethodCall.of(recipe), ids, seed, base=init, prune_mask=masks[shard]))
     states = {shard: pool.result(h).tensors for shard, h in handles.items()}
     return states, time.perf_counter() - started
 

@@ -82,7 +82,7 @@ def approximate_unlearn(
         shard: pool.submit(
             shard,
             ApplyUpdate(
-                run.config,
+                run.at(),
                 call,
                 forget,
                 derive_seed(seed, shard),

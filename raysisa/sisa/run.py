@@ -32,19 +32,29 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute
 import torch
 from tqdm.auto import tqdm
 
 from raysisa.config import RunSpec, StoreConfig
+from raysisa.data.samples import take_ids
 from raysisa.data.sources import load_source
 from raysisa.data.tensors import to_tensors
-from raysisa.errors import CheckpointCorruptError, ConfigError, InvalidIdsError, StaleStateError, StoreBusyError
+from raysisa.errors import (
+    CheckpointCorruptError,
+    ConfigError,
+    InvalidIdsError,
+    StaleStateError,
+    StoreBusyError,
+    StoreNotFoundError,
+)
 from raysisa.sisa.aggregate import aggregate
 from raysisa.sisa.cost import first_slices, retrain_cost
 from raysisa.sisa.pool import ShardPool
 from raysisa.sisa.reports import EvalReport, TrainReport, UnlearnReport, parse_ids
 from raysisa.sisa.shard import load_model
-from raysisa.sisa.tasks import Predict, SliceReport, TrainSlice
+from raysisa.sisa.tasks import Predict, RunAt, SliceReport, TrainSlice
 from raysisa.store import CheckpointRef, RunStore
 from raysisa.store.lease import Lease, acquire_lease, current_holder
 from raysisa.store.run import JOURNAL, SweepReport
@@ -71,6 +81,10 @@ class SisaRun:
     @property
     def config(self) -> StoreConfig:
         return self.store.objects.config
+
+    def at(self) -> RunAt:
+        """This run at the committed version this object works with (what shard tasks name)."""
+        return RunAt(self.config, self.store.fingerprint, self.store.state().version)
 
     @classmethod
     def open(cls, store: StoreConfig | RunStore) -> SisaRun:
@@ -177,10 +191,18 @@ class SisaRun:
         self._latest()
         return self.store.expected_refs()
 
-    def pending_work(self, expected: dict[int, list[CheckpointRef]] | None = None) -> dict[int, list[int]]:
-        """Slices each shard must (re)train: from its first missing checkpoint to R."""
+    def pending_work(
+        self, expected: dict[int, list[CheckpointRef]] | None = None, shards: Iterable[int] | None = None
+    ) -> dict[int, list[int]]:
+        """Slices each shard (or each of ``shards``: one listing per shard instead of one of
+        every checkpoint) must (re)train: from its first missing checkpoint to R."""
         expected = expected if expected is not None else self.expected_refs()
-        present = set(self.store.checkpoints.list())
+        if shards is None:
+            present = set(self.store.checkpoints.list())
+        else:
+            shards = sorted(set(shards))
+            present = {ref for shard in shards for ref in self.store.checkpoints.list(shard)}
+            expected = {shard: expected[shard] for shard in shards}
         work = {}
         for shard, refs in expected.items():
             missing = [r.slice for r in refs if r not in present]
@@ -249,7 +271,7 @@ class SisaRun:
         queues = {shard: list(slices) for shard, slices in work.items() if slices}
         pool.start(sorted(queues))
         limit = pool.concurrency(self.store.spec.train.threads)
-        store = self.config
+        at = self.at()
         reports: list[SliceReport] = []
         in_flight: dict[Any, int] = {}
         waiting = sorted(queues)
@@ -257,13 +279,13 @@ class SisaRun:
             while waiting or in_flight:
                 while waiting and len(in_flight) < limit:
                     shard = waiting.pop(0)
-                    in_flight[pool.submit(shard, TrainSlice(store, queues[shard].pop(0)))] = shard
+                    in_flight[pool.submit(shard, TrainSlice(at, queues[shard].pop(0)))] = shard
                 for handle in pool.wait(list(in_flight)):
                     shard = in_flight.pop(handle)
                     reports.append(pool.result(handle))
                     bar.update(1)
                     if queues[shard]:
-                        in_flight[pool.submit(shard, TrainSlice(store, queues[shard].pop(0)))] = shard
+                        in_flight[pool.submit(shard, TrainSlice(at, queues[shard].pop(0)))] = shard
         return reports
 
     # -- unlearning ------------------------------------------------------------------------
@@ -284,6 +306,13 @@ class SisaRun:
                 f"{', '.join(map(str, unknown[:10].tolist()))}; nothing was changed"
             )
         return wanted, wanted[live_mask], wanted[~live_mask & tombstoned]
+
+    def shards_of(self, ids: np.ndarray) -> set[int]:
+        """Shards that hold (or held, before their deletion) ``ids``."""
+        live = take_ids(self.store.read_index(), ids)["shard"].to_numpy()
+        tombstones = self.store.tombstones()
+        gone = tombstones.filter(pa.compute.is_in(tombstones["id"], pa.array(ids, pa.int64())))["shard"].to_numpy()
+        return {int(k) for k in np.concatenate([live, gone])}
 
     def commit_deletion(self, ids: np.ndarray, reason: str = "unlearn") -> dict[int, int]:
         """Delete the data of live ``ids`` in one transaction: new partitions, index and
@@ -310,7 +339,10 @@ class SisaRun:
         expected = self.expected_refs()
         for shard, slice_ in first.items():
             ref = expected[shard][slice_ - 1]
-            problem = self.store.checkpoints.verify(ref) if self.store.checkpoints.exists(ref) else None
+            try:
+                problem = self.store.checkpoints.verify(ref)
+            except StoreNotFoundError:  # missing: retraining rebuilds it from an earlier one
+                problem = None
             if problem:
                 raise CheckpointCorruptError(
                     f"{problem}. Shard {shard} would restart from it, so nothing was deleted: rebuild it with "
@@ -318,13 +350,14 @@ class SisaRun:
                 )
 
     def retrain_shards(self, pool: ShardPool, shards: Iterable[int] | None = None, progress: bool = False) -> list[SliceReport]:
-        """Sweep, then train the pending slices of ``shards`` (default: all)."""
+        """Train the pending slices of ``shards`` (default: all, after a sweep of the store).
+
+        Checkpoints a deletion made stale are already gone (its commit swept them), so
+        retraining named shards lists only their checkpoints."""
         with self.writer("retrain") as lease:
-            self.store.sweep(lease)
-            work = self.pending_work()
-            if shards is not None:
-                chosen = set(shards)
-                work = {k: v for k, v in work.items() if k in chosen}
+            if shards is None:
+                self.store.sweep(lease)
+            work = self.pending_work(shards=shards)
             return self._run_work(pool, work, progress, "retraining")
 
     def unlearn(self, ids: Iterable[Any], pool: ShardPool, progress: bool = False) -> UnlearnReport:
@@ -336,9 +369,12 @@ class SisaRun:
         started = time.perf_counter()
         with self.writer("unlearn") as lease:
             wanted, deleting, already = self.check_ids(ids)
+            shards = self.shards_of(wanted)  # read before the deletion changes the index
             first, sweep = self._delete(deleting, "unlearn")
             sweep = sweep or self.store.sweep(lease)
-            reports = self._run_work(pool, self.pending_work(), progress, "retraining")
+            # the shards holding the ids: those just deleted, and those of ids deleted before
+            # (a re-run after a crash finishes their retraining)
+            reports = self._run_work(pool, self.pending_work(shards=shards), progress, "retraining")
         if len(deleting):
             message = f"deleted {len(deleting)} sample(s) from {len(first)} shard(s)"
             if len(already):
@@ -399,7 +435,7 @@ class SisaRun:
         served = self.served_refs()
         if pool is not None:
             pool.start(sorted(served))
-            handles = [pool.submit(shard, Predict(self.config, ref, x)) for shard, ref in served.items()]
+            handles = [pool.submit(shard, Predict(self.at(), ref, x)) for shard, ref in served.items()]
             return np.stack([pool.result(h).numpy() for h in handles])
         if x is None:
             x, _ = to_tensors(self.store.read_test(), self.store.info)

@@ -13,10 +13,10 @@ bit-identical weights:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
+from importlib.metadata import version
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +30,9 @@ from raysisa.data.samples import DatasetInfo
 from raysisa.data.tensors import to_tensors
 from raysisa.errors import StoreError
 from raysisa.models import build_model
-from raysisa.store import CheckpointRef, RunStore, slice_keys, tensors_sha256
-from raysisa.sisa.tasks import ApplyUpdate, Predict, ShardTask, SliceReport, TrainSlice, UpdateResult
-from raysisa.store.run import MANIFEST, parquet_table
+from raysisa.store import Checkpoint, CheckpointRef, RunStore, slice_keys, tensors_sha256
+from raysisa.sisa.tasks import ApplyUpdate, Predict, RunAt, ShardTask, SliceReport, TrainSlice, UpdateResult
+from raysisa.store.run import parquet_table
 from raysisa.training import (
     build_optimizer,
     configure_torch,
@@ -47,6 +47,7 @@ from raysisa.training import (
 __all__ = ["ShardWorker", "shard_refs", "load_model", "model_tensors"]
 
 log = logging.getLogger(__name__)
+_VERSION = version("raysisa")  # recorded in checkpoint manifests
 
 
 def shard_refs(run: RunStore, shard: int, slice_ids: list | None = None) -> list[CheckpointRef]:
@@ -109,6 +110,7 @@ class ShardWorker:
         self._runs: dict[str, _Run] = {}
         self._parts: dict[str, _Part] = {}  # partition sha256 -> decoded partition
         self._test: dict[str, torch.Tensor] = {}  # test split sha256 -> x
+        self._written: Checkpoint | None = None  # the last checkpoint this worker wrote
 
     def pid(self) -> int:
         return os.getpid()
@@ -124,17 +126,22 @@ class ShardWorker:
                 return self._predict(task)
         raise TypeError(f"not a shard task: {type(task).__name__}")
 
-    def _run(self, store: StoreConfig) -> _Run:
-        """The run at ``store``, with its latest committed state (the driver holds the lease
-        and has committed before calling, so this is the state it works with)."""
-        # Keyed by the manifest's content too: a store URI reused for a new run is a new run.
-        key = store.model_dump_json() + hashlib.sha256(RunStore(store).objects.get_bytes(MANIFEST)).hexdigest()
+    def _run(self, at: RunAt) -> _Run:
+        """The run ``at`` names, at the committed version it names (the driver holds the
+        lease and has committed before sending the task)."""
+        key = f"{at.store.model_dump_json()}|{at.fingerprint}"
         if key not in self._runs:
             if len(self._runs) >= 8:  # a long-lived actor serves few runs at a time
                 self._runs.pop(next(iter(self._runs)))
-            self._runs[key] = _Run(store)
+            run = _Run(at.store)
+            if run.fingerprint != at.fingerprint:  # the store URI was reused for another run
+                raise StoreError(
+                    f"the run at {run.store.uri} has fingerprint {run.fingerprint[:12]}, the task was for "
+                    f"{at.fingerprint[:12]}: the store was replaced"
+                )
+            self._runs[key] = run
         run = self._runs[key]
-        run.store.refresh()
+        run.store.use_version(at.version)
         configure_torch(run.spec.train.threads, deterministic=self.device == "cpu")
         return run
 
@@ -165,7 +172,7 @@ class ShardWorker:
     # -- TrainSlice ------------------------------------------------------------------------
     def _train_slice(self, task: TrainSlice) -> SliceReport:
         """Make sure checkpoint ``task.slice`` exists for the current data; train it if not."""
-        run = self._run(task.store)
+        run = self._run(task.run)
         refs = run.store.expected_refs()[self.shard]
         ref = refs[task.slice]
         if run.store.checkpoints.exists(ref):
@@ -187,7 +194,10 @@ class ShardWorker:
 
     def _train(self, run: _Run, refs: list[CheckpointRef], parts: list[_Part], r: int) -> SliceReport:
         spec = run.spec
-        previous = run.store.checkpoints.get(refs[r - 1])  # verified; raises if corrupt
+        if self._written is not None and self._written.ref == refs[r - 1]:
+            previous = self._written  # slices r-1 and r retrain back to back: no read
+        else:
+            previous = run.store.checkpoints.get(refs[r - 1])  # verified; raises if corrupt
         model = build_model(run.info, spec.model)
         model.load_state_dict(model_tensors(previous.tensors), strict=True)
         model.to(self.device)
@@ -229,20 +239,19 @@ class ShardWorker:
             "parent": refs[r - 1].key,
         }
         lineage = [p.ids for p in parts[:r]]
-        run.store.checkpoints.put(refs[r], tensors, self._manifest(run, refs[r], lineage, tensors, extra))
+        manifest = run.store.checkpoints.put(refs[r], tensors, self._manifest(run, refs[r], lineage, tensors, extra))
+        self._written = Checkpoint(refs[r], {k: v.detach().clone() for k, v in tensors.items()}, manifest)
         log.info("shard %d slice %d trained: %d samples x %d epochs in %.2fs", self.shard, r, len(x), plan[r - 1], seconds)
         return SliceReport(
             self.shard, r, refs[r].key, True, plan[r - 1], len(x), plan[r - 1] * len(x), seconds, loss_sum / max(seen, 1)
         )
 
     def _manifest(self, run: _Run, ref: CheckpointRef, lineage: list, tensors: dict, extra: dict) -> dict[str, Any]:
-        from raysisa import __version__
-
         return {
             "fingerprint": run.fingerprint,
             "model_sha256": tensors_sha256(model_tensors(tensors)),
             "lineage": {"slice_sizes": [len(s) for s in lineage], "ids": [int(i) for s in lineage for i in s]},
-            "raysisa_version": __version__,
+            "raysisa_version": _VERSION,
             **extra,
         }
 
@@ -254,7 +263,7 @@ class ShardWorker:
         from raysisa.methods.base import Need
         from raysisa.methods.engine import make_context, run_method
 
-        run = self._run(task.store)
+        run = self._run(task.run)
         parts, refs = self._slices(run)
         if task.retain_slices is not None:
             parts = [parts[r - 1] for r in sorted(set(task.retain_slices))]
@@ -286,7 +295,7 @@ class ShardWorker:
     # -- Predict ---------------------------------------------------------------------------
     def _predict(self, task: Predict) -> torch.Tensor:
         """Softmax probabilities of ``task.ref`` (default: the latest exact checkpoint)."""
-        run = self._run(task.store)
+        run = self._run(task.run)
         ref = task.ref if task.ref is not None else run.store.expected_refs()[self.shard][-1]
         x = task.x
         if x is None:

@@ -10,9 +10,10 @@ with :meth:`raysisa.sisa.shard.ShardWorker.run`, which dispatches on the task's 
   the shard's model and return the new weights (the store is not touched);
 - :class:`Predict` -> a tensor of softmax probabilities of one of the shard's models.
 
-Tasks are frozen values, pickled to Ray actors as they are; each names the store it is
-about, so one worker can serve several runs. Every task is idempotent: the worker reads
-what it needs from the store's latest commit, and a retried task gives the same result.
+Tasks are frozen values, pickled to Ray actors as they are. Each names the run and the
+committed version it is about (:class:`RunAt`), so one worker can serve several runs and
+reads the one commit the driver works with, without listing the commit log. Every task is
+idempotent: a retried task gives the same result.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from raysisa.config import StoreConfig
 from raysisa.store import CheckpointRef
 
 __all__ = [
+    "RunAt",
     "MethodCall",
     "TrainSlice",
     "ApplyUpdate",
@@ -37,6 +39,15 @@ __all__ = [
 ]
 
 State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RunAt:
+    """A run (its store and fingerprint) at one committed version."""
+
+    store: StoreConfig
+    fingerprint: str
+    version: int
 
 
 @dataclass(frozen=True)
@@ -57,7 +68,7 @@ class MethodCall:
 class TrainSlice:
     """Make sure checkpoint ``slice`` (0..R) of the shard's current data exists."""
 
-    store: StoreConfig
+    run: RunAt
     slice: int
 
 
@@ -73,7 +84,7 @@ class ApplyUpdate:
         retain_slices: use only these slices' samples (1-based) as data (OHS fine-tuning).
     """
 
-    store: StoreConfig
+    run: RunAt
     method: MethodCall
     forget_ids: np.ndarray
     seed: int
@@ -87,7 +98,7 @@ class Predict:
     """Softmax probabilities of checkpoint ``ref`` (default: the shard's latest exact one)
     on ``x`` (default: the run's test split, read by the worker)."""
 
-    store: StoreConfig
+    run: RunAt
     ref: CheckpointRef | None = None
     x: torch.Tensor | None = None
 

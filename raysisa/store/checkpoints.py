@@ -186,6 +186,7 @@ class CheckpointStore:
         return len(manifests), len(doomed) - len(manifests)
 
     def delete(self, refs: list[CheckpointRef]) -> None:
-        """Delete checkpoints: manifest first (the checkpoint stops existing), then the blob."""
-        self.store.delete([r.manifest for r in refs])
-        self.store.delete([r.blob for r in refs])
+        """Delete checkpoints, manifests before blobs (a checkpoint stops existing with its
+        manifest), in one request: a local store deletes in this order, and S3 completes a
+        batched delete whoever sent it."""
+        self.store.delete([r.manifest for r in refs] + [r.blob for r in refs])

@@ -32,6 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from raysisa.config import StoreConfig
 from raysisa.errors import StoreError, StoreNotFoundError, StoreUnavailableError
+from raysisa.store import traffic
 
 __all__ = ["ObjectStore"]
 
@@ -143,6 +144,17 @@ class ObjectStore:
     def __reduce__(self):
         return (ObjectStore, (self.config,))
 
+    def _count(self, kind: str, **sizes: Any) -> None:
+        """Report an operation to :mod:`raysisa.store.traffic` (before it is sent: on S3 the
+        client's own requests are counted, by a hook installed here)."""
+        if not traffic.counting():
+            return
+        if self._s3:
+            traffic.hook_s3_client(self.fs.s3)
+            traffic.record(None, **sizes)
+        else:
+            traffic.record(kind, **sizes)
+
     def path(self, key: str) -> str:
         """Absolute path of ``key`` on the filesystem."""
         return f"{self.root}/{key.lstrip('/')}" if key else self.root
@@ -165,6 +177,7 @@ class ObjectStore:
     def put_bytes(self, key: str, data: bytes) -> None:
         """Write ``data`` at ``key`` atomically: readers see the old object or the new one."""
         path = self.path(key)
+        self._count("PUT", bytes_written=len(data))
         try:
             if self._local:
                 # A rename within one folder is atomic; a crash leaves only a .tmp- file.
@@ -182,6 +195,7 @@ class ObjectStore:
         same key gets ``True``, and readers never see a partial object.
         """
         path = self.path(key)
+        self._count("PUT", bytes_written=len(data))
         try:
             if self._local:
                 tmp = self._temporary(path, data)
@@ -212,6 +226,7 @@ class ObjectStore:
         if not keys:
             return
         paths = [self.path(k) for k in keys]
+        self._count("DELETE")  # one batched request, as on S3
         try:
             if self._s3:
                 self.fs.rm(paths)  # one batched DeleteObjects per 1000 keys; missing keys are no error
@@ -224,8 +239,11 @@ class ObjectStore:
 
     # -- reads ----------------------------------------------------------------------------
     def get_bytes(self, key: str) -> bytes:
+        self._count("GET")
         try:
-            return self.fs.cat_file(self.path(key))
+            data = self.fs.cat_file(self.path(key))
+            traffic.record(None, read=key, bytes_read=len(data))
+            return data
         except FileNotFoundError:
             raise StoreNotFoundError(f"{self.uri(key)} does not exist") from None
         except IsADirectoryError:
@@ -241,7 +259,16 @@ class ObjectStore:
             raise StoreError(f"{self.uri(key)} is not valid JSON: {exc}") from None
 
     def exists(self, key: str) -> bool:
+        """Whether an object is at ``key`` (one HEAD request on S3)."""
+        self._count("HEAD")
         try:
+            if self._s3:  # s3fs's exists() also LISTs to look for a folder when the HEAD misses
+                bucket, path, _ = self.fs.split_path(self.path(key))
+                try:
+                    self.fs.call_s3("head_object", Bucket=bucket, Key=path)
+                except FileNotFoundError:
+                    return False
+                return True
             return bool(self.fs.exists(self.path(key)))
         except _FOREIGN as exc:
             raise _translate(exc, f"cannot check {self.uri(key)}") from None
@@ -258,8 +285,14 @@ class ObjectStore:
     def _find(self, prefix: str) -> list[str]:
         """Every path under ``prefix``, temporary files included (store-relative keys)."""
         base = self.path(prefix)
+        self._count("LIST")
         try:
-            found = self.fs.find(base)  # nothing there: an empty list (one LIST request on S3)
+            if self._s3 and prefix:
+                # Listing with a key prefix is one LIST request (per 1,000 keys) even when
+                # nothing is there; find(base) would then also HEAD and LIST ``base`` itself.
+                found = self.fs.find(self.root, prefix=prefix.rstrip("/") + "/")
+            else:
+                found = self.fs.find(base)
         except FileNotFoundError:
             return []
         except _FOREIGN as exc:

@@ -154,6 +154,7 @@ class RunStore:
         self.overlays = CheckpointStore(self.objects, prefix="approx")
         self._manifest: dict[str, Any] | None = None
         self._state: RunState | None = None
+        self._tables: dict[str, pa.Table] = {}  # sha256 -> the index or tombstones it read
 
     def __reduce__(self):
         return (RunStore, (self.objects.config,))
@@ -254,6 +255,13 @@ class RunStore:
             self._state = self.read_state(version)
         return self._state
 
+    def use_version(self, version: int) -> RunState:
+        """Work with committed ``version`` (one read, none if it is the current one)."""
+        if self._state is None or self._state.version != version:
+            self.manifest()
+            self._state = self.read_state(version)
+        return self._state
+
     def state(self) -> RunState:
         """The committed state this object works with (read once; see :meth:`refresh`)."""
         return self._state if self._state is not None else self.refresh()
@@ -300,11 +308,23 @@ class RunStore:
     def read_test(self) -> pa.Table:
         return parquet_table(self._read(lambda s: s.test), "the test split")
 
+    def _read_table(self, pick: Callable[[RunState], ObjectRef], what: str) -> pa.Table:
+        """A small table of the current state, read once per version (objects are immutable,
+        so a table read under its sha256 never changes)."""
+        digest = pick(self.state()).sha256
+        if digest not in self._tables:
+            table = parquet_table(self._read(pick), what)
+            digest = pick(self.state()).sha256  # _read may have moved to a newer state
+            current = {self.state().index.sha256, self.state().tombstones.sha256}
+            self._tables = {d: t for d, t in self._tables.items() if d in current}
+            self._tables[digest] = table
+        return self._tables[digest]
+
     def read_index(self) -> pa.Table:
-        return parquet_table(self._read(lambda s: s.index), "the index")
+        return self._read_table(lambda s: s.index, "the index")
 
     def tombstones(self) -> pa.Table:
-        return parquet_table(self._read(lambda s: s.tombstones), "the tombstones")
+        return self._read_table(lambda s: s.tombstones, "the tombstones")
 
     def expected_refs(self) -> dict[int, list[CheckpointRef]]:
         """For every shard, the checkpoints (slices 0..R) its current data calls for."""
@@ -320,7 +340,7 @@ class RunStore:
         return [self.objects.get_json(_versioned(JOURNAL, v)) for v in _versions(self.objects.list(JOURNAL))]
 
     def _begin(self, txn: dict[str, Any], lease: Lease) -> None:
-        lease.check()
+        lease.check(fresh=False)  # an early stop for a writer that lost its lease; the commit is the fence
         if not self.objects.create_json(_versioned(JOURNAL, txn["version"]), txn):
             existing = self.objects.get_json(_versioned(JOURNAL, txn["version"]))
             if existing.get("id") != txn["id"]:
@@ -351,8 +371,11 @@ class RunStore:
         self._state = state
         crash_point(f"{state.txn['kind']}.committed")
 
-    def _finish(self, txn: dict[str, Any], lease: Lease) -> SweepReport:  # the sweep, then the journal goes
-        report = self.sweep(lease, txn["kind"])
+    def _finish(self, txn: dict[str, Any], lease: Lease, before: RunState | None = None) -> SweepReport:
+        """The sweep, then the journal goes. Right after a commit (``before``: the state it
+        replaced) only the objects the change made stale are deleted, by key; otherwise
+        (recovery) the store is listed."""
+        report = self.sweep(lease, txn["kind"]) if before is None else self._sweep_change(before, txn["kind"])
         self.objects.delete(_versioned(JOURNAL, txn["version"]))
         crash_point(f"{txn['kind']}.done")
         return report
@@ -462,7 +485,7 @@ class RunStore:
         txn = self._txn("delete", state.version + 1, lease, ids=[int(i) for i in plan.ids], reason=reason)
         self._begin(txn, lease)
         self._commit(self._apply_delete(txn, plan.tables, plan.tombstones), lease)
-        return self._finish(txn, lease)
+        return self._finish(txn, lease, before=state)
 
     def _apply_delete(
         self, txn: dict[str, Any], tables: dict[tuple[int, int], pa.Table] | None = None, tombstones: pa.Table | None = None
@@ -524,6 +547,23 @@ class RunStore:
         except StoreNotFoundError:  # pruned: then it is not this journal's (it would have been swept)
             return False
 
+    def _sweep_change(self, before: RunState, kind: str) -> SweepReport:
+        """Delete what the commit that replaced ``before`` made stale, without listing: the
+        data objects ``before`` named and the current state does not (first: the deleted
+        samples' bytes), the commit that falls out of the kept history, then the
+        checkpoints whose keys changed."""
+        state = self.state()
+        stale = sorted(before.referenced() - state.referenced())
+        self.objects.delete([*stale, _versioned(COMMITS, state.version - KEEP_COMMITS)] if state.version > KEEP_COMMITS else stale)
+        crash_point(f"{kind}.swept")
+        current = {ref for refs in self.expected_refs().values() for ref in refs}
+        old = [CheckpointRef(k, r, key) for k, keys in before.keys.items() for r, key in enumerate(keys) if keys != state.keys.get(k)]
+        doomed = [ref for ref in old if ref not in current]
+        self.checkpoints.delete(doomed)
+        if stale or doomed:
+            log.info("swept %d old data object(s) and %d stale checkpoint key(s) at %s", len(stale), len(doomed), self.uri)
+        return SweepReport(len(stale), len(doomed), 0)
+
     def sweep(self, lease: Lease, kind: str = "sweep") -> SweepReport:
         """Delete what the committed state does not name: old data objects first (the
         deleted samples' bytes), then stale checkpoints, leftovers of interrupted writes and
@@ -535,7 +575,8 @@ class RunStore:
         self.objects.delete(stale)
         crash_point(f"{kind}.swept")
         checkpoints, orphans = self.checkpoints.sweep({ref for refs in self.expected_refs().values() for ref in refs})
-        leftovers = self.objects.list_temporary("") if self.objects.local else []  # only local writes use them
+        # only local writes use temporary files; the checkpoint sweep above found its own
+        leftovers = [k for prefix in ("data", "index", "_log") for k in self.objects.list_temporary(prefix)] if self.objects.local else []
         self.objects.delete(leftovers)
         commits = _versions(self.objects.list(COMMITS))
         self.objects.delete([_versioned(COMMITS, v) for v in commits[:-KEEP_COMMITS]])
