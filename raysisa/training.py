@@ -81,7 +81,9 @@ def configure_torch(threads: int, deterministic: bool = True) -> None:
 
     ``torch.use_deterministic_algorithms`` imports torch's compiler stack (``torch._inductor``,
     about 1.5 s and 150 MB per process) only to set the compiler's flag; the flag is set
-    directly here, and the compiler's too when something has already imported it.
+    directly here, and the compiler's too when something has already imported it. (The
+    first ``optimizer.step()`` still imports ``torch._dynamo``, about 2 s once per process:
+    torch's optimisers do so unconditionally. Warm shard actors pay it once.)
     """
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _CTX = mp.get_context("forkserver")
-# everything a command imports lazily (sklearn alone takes 2 s), so children start warm
+# everything a command imports lazily (sklearn alone takes 2 s; torch's optimiser imports
+# torch._dynamo on its first step, 2 s more), so children start warm
 _CTX.set_forkserver_preload(
     ["raysisa.cli", "raysisa.api", "raysisa.coordinator.service", "raysisa.coordinator.client", "raysisa.data.sources",
-     "raysisa.evaluation.metrics", "sklearn.datasets", "sklearn.svm", "s3fs", "tests.processes"]
+     "raysisa.evaluation.metrics", "sklearn.datasets", "sklearn.svm", "s3fs", "torch._dynamo", "tests.processes"]
 )
 
 
