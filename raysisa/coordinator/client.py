@@ -45,7 +45,8 @@ def submit(store: StoreConfig | str, ids: Iterable[Any] | None = None, *, subjec
 
 
 def status(store: StoreConfig | str, request_id: str) -> dict[str, Any]:
-    """A request, its current state, its transitions and its receipt.
+    """A request, its current state, its transitions and its receipt (the request's own
+    objects: a few reads, whatever the ledger's history).
 
     Raises:
         InvalidIdsError: ``request_id`` is not a request id.
@@ -84,14 +85,11 @@ def wait(store: StoreConfig | str, request_id: str, until: str = "applied", time
 
 
 def requests(store: StoreConfig | str) -> list[dict[str, Any]]:
-    """Every logged request with its state, oldest first."""
+    """Every logged request with its state, oldest first (from the ledger's snapshot and the
+    requests logged after it: no listing of history)."""
     _, ledger = _ledger(store)
-    states = ledger.states()
-    rows = []
-    for rid, state in states.items():
-        request = ledger.request(rid)
-        rows.append({"request_id": rid, "state": state, "ids": len(request.ids), "submitted_at": request.submitted_at})
-    return sorted(rows, key=lambda r: r["submitted_at"])
+    entries = ledger.view().in_state(*STATES)
+    return [{"request_id": e.request_id, "state": e.state, "ids": e.ids, "submitted_at": e.submitted_at} for e in entries]
 
 
 def register_subjects(store: StoreConfig | str, mapping: dict[str, list[int]]) -> int:

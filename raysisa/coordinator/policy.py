@@ -1,9 +1,10 @@
 """Retrain-or-update policies: pure functions from estimated work to decisions.
 
 A policy sees one :class:`ShardWork` per shard a batch of deletion requests touches and
-returns one decision per shard — no Ray, no I/O — so it is tested as a table.
+returns one decision per shard — no Ray, no I/O — so it is tested as a table. Before that,
+:func:`screen` decides which requests a batch takes at all.
 
-Decisions:
+Decisions for a shard (the :data:`Decision` union; the coordinator executes them by type):
 
 - :class:`RetrainFromSlice` — exact: roll the shard back to the checkpoint before slice
   ``slice`` and retrain (PRS, partial retraining).
@@ -11,7 +12,11 @@ Decisions:
   method (DPUS), then, if ``ohs_slices`` > 0, fine-tune on the retained data of its last
   ``ohs_slices`` slices (OHS). Exactness is restored later.
 - :class:`Defer` — leave the shard's deletions pending for now (to batch more).
-- :class:`Reject` — refuse the work (e.g. a request over the size limit).
+
+and for a request: :class:`Reject` — refuse it (a request over ``max_request_ids``).
+
+Every decision is a frozen value with ``to_dict`` / :func:`decision_from_dict` (tagged by
+``kind``), so a logged plan reads back as the same decisions.
 
 The hybrid rule (HS, SPEC 2.2, our design): retrain when the retraining work
 W_k ≤ ρ·C_k (C_k: retraining the shard from scratch) or its estimated time W_k/τ_k fits
@@ -22,11 +27,13 @@ retrained regardless (the debt bound).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from raysisa.config import CoordinatorConfig
+from raysisa.coordinator.codec import obj, opt, req
+from raysisa.errors import StoreError
 from raysisa.registry import POLICIES
 
 __all__ = [
@@ -38,6 +45,8 @@ __all__ = [
     "Decision",
     "POLICIES",
     "decide",
+    "decision_from_dict",
+    "screen",
     "ohs_slices",
 ]
 
@@ -79,42 +88,137 @@ class ShardWork:
         """Estimated retraining time W/τ."""
         return self.retrain_grads / self.throughput if self.throughput else None
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "shard work") -> ShardWork:
+        """Parse :meth:`to_dict`'s output; malformed input raises StoreError naming ``where``."""
+        obj(data, where)
+        return cls(
+            shard=req(data, "shard", int, where),
+            first_slice=req(data, "first_slice", int, where),
+            ids=req(data, "ids", int, where),
+            retrain_grads=req(data, "retrain_grads", int, where),
+            full_grads=req(data, "full_grads", int, where),
+            throughput=opt(data, "throughput", float, where),
+            approximate=opt(data, "approximate", bool, where, False),
+            approx_updates=opt(data, "approx_updates", int, where, 0),
+            drift=opt(data, "drift", float, where),
+            quantized=opt(data, "quantized", bool, where, False),
+            ohs_slices=opt(data, "ohs_slices", int, where, 0),
+            age_seconds=opt(data, "age_seconds", float, where, 0.0),
+        )
+
+
+class _Tagged:
+    """``to_dict`` of a decision: its fields and its ``kind`` tag."""
+
+    kind: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}  # type: ignore[call-overload]
+
 
 @dataclass(frozen=True)
-class RetrainFromSlice:
+class RetrainFromSlice(_Tagged):
     shard: int
     slice: int
     reason: str
-    kind: str = "retrain"
+    kind: ClassVar[str] = "retrain"
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "decision") -> RetrainFromSlice:
+        return cls(req(data, "shard", int, where), req(data, "slice", int, where), req(data, "reason", str, where))
 
 
 @dataclass(frozen=True)
-class ApplyMethod:
+class ApplyMethod(_Tagged):
     shard: int
     method: str
     args: dict[str, Any]
     ohs_slices: int
     reason: str
-    kind: str = "update"
+    kind: ClassVar[str] = "update"
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "decision") -> ApplyMethod:
+        return cls(
+            req(data, "shard", int, where),
+            req(data, "method", str, where),
+            dict(req(data, "args", dict, where)),
+            req(data, "ohs_slices", int, where),
+            req(data, "reason", str, where),
+        )
 
 
 @dataclass(frozen=True)
-class Defer:
+class Defer(_Tagged):
     shard: int
     reason: str
-    kind: str = "defer"
+    kind: ClassVar[str] = "defer"
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "decision") -> Defer:
+        return cls(req(data, "shard", int, where), req(data, "reason", str, where))
 
 
 @dataclass(frozen=True)
-class Reject:
-    shard: int
+class Reject(_Tagged):
+    """A request the batch refuses (it is logged as ``rejected``; its data stays)."""
+
+    request_id: str
     reason: str
-    kind: str = "reject"
+    kind: ClassVar[str] = "reject"
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "rejection") -> Reject:
+        if obj(data, where).get("kind", "reject") != "reject":
+            raise StoreError(f"{where} is malformed: kind {data.get('kind')!r} is not 'reject'")
+        return cls(req(data, "request_id", str, where), req(data, "reason", str, where))
 
 
-Decision = RetrainFromSlice | ApplyMethod | Defer | Reject
+Decision = RetrainFromSlice | ApplyMethod | Defer
 Policy = Callable[[ShardWork, CoordinatorConfig], Decision]
 # POLICIES (name -> Policy) lives in raysisa.registry, below config, which validates coordinator.policy.
+_KINDS: Mapping[str, Any] = {cls.kind: cls for cls in (RetrainFromSlice, ApplyMethod, Defer)}
+
+
+def decision_from_dict(data: Any, where: str = "decision") -> Decision:
+    """The shard decision a ``to_dict`` wrote, by its ``kind`` tag.
+
+    Raises:
+        StoreError: not a decision (naming ``where``).
+    """
+    kind = req(data, "kind", str, where)
+    if kind not in _KINDS:
+        raise StoreError(f"{where} is malformed: unknown decision kind {kind!r} (known: {', '.join(sorted(_KINDS))})")
+    return _KINDS[kind].from_dict(data, where)
+
+
+class _Request(Protocol):
+    @property
+    def request_id(self) -> str: ...
+
+    @property
+    def ids(self) -> Sequence[int]: ...
+
+
+R = TypeVar("R", bound=_Request)
+
+
+def screen(requests: Sequence[R], config: CoordinatorConfig) -> tuple[list[R], list[Reject]]:
+    """Split a batch's requests into those it takes (order kept) and those it refuses:
+    requests of more than ``config.max_request_ids`` ids are rejected."""
+    limit = config.max_request_ids
+    accepted: list[R] = []
+    rejected: list[Reject] = []
+    for request in requests:
+        if limit is not None and len(request.ids) > limit:
+            rejected.append(Reject(request.request_id, f"{len(request.ids)} ids: more than max_request_ids ({limit})"))
+        else:
+            accepted.append(request)
+    return accepted, rejected
 
 
 def ohs_slices(slice_sizes_after: list[int], full_grads: int, rho: float, epochs: int) -> int:

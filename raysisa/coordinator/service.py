@@ -6,16 +6,21 @@ writer lease (or returns ``busy`` when another writer holds it), finishes any tr
 crash interrupted, and then:
 
 1. finishes any batch plan a crash left unfinished;
-2. once the oldest pending request has waited ``window_seconds``, plans a batch: the cost
-   of each affected shard (:class:`~raysisa.coordinator.policy.ShardWork`) and one policy
-   decision per shard, written to the ledger *before* anything executes;
-3. executes the plan (idempotently, so a restart simply executes it again):
-   a. approximate shards: DPUS (+ OHS) in the shard's worker, then the result is written
-      as the shard's overlay — skipped when the overlay already records this batch;
+2. once the oldest pending request has waited ``window_seconds``, plans a batch
+   (:func:`~raysisa.coordinator.plan.plan_batch`, pure: the policy screens the requests,
+   estimates each affected shard's work and decides it), and logs the
+   :class:`~raysisa.coordinator.plan.BatchPlan` *before* anything executes;
+3. executes the plan (idempotently, so a restart simply executes it again), by the type
+   of each shard's decision:
+   a. :class:`~raysisa.coordinator.policy.ApplyMethod`: DPUS (+ OHS) in the shard's
+      worker, then the result is written as the shard's overlay — skipped when the overlay
+      already records this batch;
    b. the data of every decided id is deleted in one transaction (partitions, index,
       tombstones committed at once), and checkpoints trained on it are purged;
-   c. exact shards are retrained from their earliest affected slice;
-4. records each request's new state and writes its receipt, then marks the plan done;
+   c. :class:`~raysisa.coordinator.policy.RetrainFromSlice`: the shard is retrained from
+      its earliest affected slice; :class:`~raysisa.coordinator.policy.Defer`: nothing;
+4. records each request's new state, writes its receipt (built from the plan in memory)
+   and the ledger snapshot, then marks the plan done;
 5. when idle for ``idle_seconds``, or when a shard hits the debt bound, restores the
    exactness of approximate shards by SISA retraining, then drops their overlays and
    marks the requests they carried exact; applied requests a crash left unmarked are
@@ -27,9 +32,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import uuid
-from collections import Counter
-from dataclasses import asdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
@@ -37,16 +40,27 @@ import pyarrow as pa
 import torch
 
 from raysisa.config import CoordinatorConfig, StoreConfig
-from raysisa.coordinator.ledger import Ledger, Request, now, parse_time
+from raysisa.coordinator.ledger import Ledger, LedgerView, Request, now, parse_time
+from raysisa.coordinator.plan import (
+    BatchPlan,
+    IndexRows,
+    Placement,
+    ShardFacts,
+    ShardPlan,
+    flat_ids,
+    locate,
+    new_batch_id,
+    plan_batch,
+)
+from raysisa.coordinator.policy import ApplyMethod, Defer, RetrainFromSlice, debt_reason, screen
+from raysisa.coordinator.records import OverlayMeta, Receipt, ShardReceipt, Transition
 from raysisa.crashpoints import crash_point
-from raysisa.coordinator.policy import ShardWork, debt_reason, decide, ohs_slices
 from raysisa.data.samples import take_ids
 from raysisa.data.tensors import to_tensors
 from raysisa.errors import StaleStateError, StoreBusyError
 from raysisa.evaluation.metrics import accuracy
 from raysisa.methods import get_method
 from raysisa.quant import is_quantized
-from raysisa.sisa.cost import retrain_cost
 from raysisa.sisa.pool import ShardPool
 from raysisa.sisa.run import SisaRun
 from raysisa.sisa.shard import load_model
@@ -57,10 +71,12 @@ from raysisa.training import derive_seed, predict_proba
 __all__ = ["Coordinator"]
 
 log = logging.getLogger(__name__)
+APPLIED = ("applied_approximate", "applied_exact")
 
 
 def _accuracy(model: torch.nn.Module, x: torch.Tensor, y: np.ndarray) -> float:
     return accuracy(predict_proba(model, x).numpy(), y)
+
 
 
 class Coordinator:
@@ -75,12 +91,11 @@ class Coordinator:
     def __init__(self, store: StoreConfig, config: CoordinatorConfig, pool: ShardPool) -> None:
         self.run = SisaRun(store)
         self.store = self.run.store
-        self.ledger = Ledger(self.store.objects)
+        self.ledger = Ledger(self.store.objects)  # it keeps the requests it has read (they never change)
         self.config = config
         self.pool = pool
         self.last_activity = time.time()
         self._test: tuple[torch.Tensor, np.ndarray] | None = None
-        self._requests: dict[str, Request] = {}  # requests are immutable: read each once
         self.store.manifest()  # fails clearly when there is no run
 
     # -- the loop ---------------------------------------------------------------------------
@@ -107,25 +122,25 @@ class Coordinator:
             return "busy"
 
     def _next(self) -> tuple[str, Any]:
-        """What :meth:`step` should do now (reads only)."""
+        """What :meth:`step` should do now (reads only: open plans, the ledger's snapshot)."""
         plans = self.ledger.unfinished_plans()
         if plans:
             return "resumed", plans[0]
-        states = self.ledger.states()  # one listing of the ledger per decision
-        pending = self.pending(states)
+        view = self.ledger.view()
+        pending = view.in_state("pending")
         if pending:
-            oldest = min(parse_time(r.submitted_at) for r in pending)
+            oldest = min(parse_time(e.submitted_at) for e in pending)
             if time.time() - oldest >= self.config.window_seconds or len(pending) >= self.config.max_batch:
-                return "batch", pending[: self.config.max_batch]
+                return "batch", [self.ledger.request(e.request_id) for e in pending[: self.config.max_batch]]
             return "waiting", None
         approximate = self.approximate_shards()
         if not approximate:
             # applied requests a crash left unmarked: retrain what they wait for, or mark them
-            open_ = self._open_requests(states)
+            open_ = self._open_requests(view)
             if not open_:
                 return "idle", None
-            stale = self._shards_of(open_) & set(self.run.pending_work())
-            return ("restored", sorted(stale)) if stale else ("settled", None)
+            waiting = set().union(*self._shards_of(open_).values()) & set(self.run.pending_work())
+            return ("restored", sorted(waiting)) if waiting else ("settled", None)
         indebted = self._debt_shards()
         if indebted:
             return "restored", indebted
@@ -147,84 +162,50 @@ class Coordinator:
             time.sleep(min(self.config.poll_seconds, 0.05))
         raise TimeoutError(f"the coordinator did not settle within {timeout}s")
 
-    def pending(self, states: dict[str, str] | None = None) -> list[Request]:
-        """Pending requests, oldest first (from ``states``, else a fresh listing of the ledger)."""
-        states = self.ledger.states() if states is None else states
-        requests = [self._request(rid) for rid, state in states.items() if state == "pending"]
-        return sorted(requests, key=lambda r: (r.submitted_at, r.request_id))
-
-    def _request(self, request_id: str) -> Request:
-        if request_id not in self._requests:
-            self._requests[request_id] = self.ledger.request(request_id)
-        return self._requests[request_id]
+    def pending(self, view: LedgerView | None = None) -> list[Request]:
+        """Pending requests, oldest first (from ``view``, else a fresh read of the ledger)."""
+        view = self.ledger.view() if view is None else view
+        return [self.ledger.request(e.request_id) for e in view.in_state("pending")]
 
     # -- planning ---------------------------------------------------------------------------
-    def plan(self, requests: list[Request]) -> dict[str, Any]:
+    def plan(self, requests: list[Request]) -> BatchPlan:
         """Decide every affected shard of a batch and log the plan (nothing executes yet)."""
         with self.run.writer("coordinator"):
             return self._plan(requests)
 
-    def _plan(self, requests: list[Request]) -> dict[str, Any]:
-        limit = self.config.max_request_ids
-        accepted = [r for r in requests if limit is None or len(r.ids) <= limit]
-        rejected = [r.request_id for r in requests if r not in accepted]
+    def _plan(self, requests: list[Request]) -> BatchPlan:
+        accepted, _ = screen(requests, self.config)
         index = self.store.read_index()
-        wanted = np.unique(np.concatenate([np.asarray(r.ids, np.int64) for r in accepted])) if accepted else np.zeros(0, np.int64)
-        rows = take_ids(index, wanted)
-        live_ids, shards, slices = rows["id"].to_numpy(), rows["shard"].to_numpy(), rows["slice"].to_numpy()
-        stale = self.run.pending_work()  # shards serving an overlay already miss checkpoints from some slice on
-        works = [
-            self._work(int(k), live_ids[shards == k], slices[shards == k], index, accepted, stale.get(int(k)))
-            for k in np.unique(shards)
-        ]
-        decisions = decide(works, self.config)
+        wanted, _ = flat_ids(accepted)
+        rows = IndexRows.of(take_ids(index, np.unique(wanted)))
         stamp = time.time()
-        batch_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(stamp))}{int(stamp * 1000) % 1000:03d}-{uuid.uuid4().hex[:8]}"
-        plan = {
-            "batch_id": batch_id,
-            "created_at": now(),
-            "requests": [r.request_id for r in accepted],
-            "rejected": rejected,
-            "shards": {
-                str(w.shard): {"ids": live_ids[shards == w.shard].tolist(), "work": asdict(w), "decision": asdict(d)}
-                for w, d in zip(works, decisions, strict=True)
-            },
-            "policy": self.config.policy,
-        }
+        plan = plan_batch(
+            requests, rows, self._facts(index, np.unique(rows.shards).tolist()), self.config,
+            batch_id=new_batch_id(stamp), created_at=now(), now=stamp,
+        )
         self.ledger.write_plan(plan)
         crash_point("batch.planned")
-        log.info("batch %s: %d request(s), %d shard(s): %s", batch_id, len(accepted), len(works), Counter(d.kind for d in decisions))
+        log.info("batch %s: %d request(s), %d rejected, %d shard(s): %s", plan.batch_id, len(plan.requests),
+                 len(plan.rejected), len(plan.shards), Counter(s.decision.kind for s in plan.shards))
         return plan
 
-    def _work(
-        self, shard: int, ids: np.ndarray, slices: np.ndarray, index: pa.Table, requests: list[Request], stale: list[int] | None
-    ) -> ShardWork:
-        """The shard's retraining work W: from the batch's earliest slice, or from the shard's
-        earliest missing checkpoint when that is earlier (``stale``: its pending slices)."""
+    def _facts(self, index: pa.Table, shards: list[int]) -> ShardFacts:
+        """What planning needs to know of ``shards`` (the index, overlays, checkpoints)."""
         spec = self.store.spec
-        in_shard = index["shard"].to_numpy() == shard
-        sizes = np.bincount(index["slice"].to_numpy()[in_shard], minlength=spec.sharding.num_slices + 1)[1:]
-        after = (sizes - np.bincount(slices, minlength=spec.sharding.num_slices + 1)[1:]).tolist()
-        first = int(slices.min()) if not stale else min(int(slices.min()), max(1, stale[0]))
-        full = retrain_cost(after, spec.train.epochs, 1)
-        overlay = self.overlay(shard)
-        meta = self.store.overlays.manifest(overlay) if overlay else {}
-        drift = meta["exact_accuracy"] - meta["accuracy"] if meta else None
-        touched = [r for r in requests if np.isin(np.asarray(r.ids), ids).any()]
-        age = time.time() - min(parse_time(r.submitted_at) for r in touched) if touched else 0.0
-        return ShardWork(
-            shard=shard,
-            first_slice=first,
-            ids=len(ids),
-            retrain_grads=retrain_cost(after, spec.train.epochs, first),
-            full_grads=full,
-            throughput=self.throughput(shard),
-            approximate=overlay is not None,
-            approx_updates=int(meta.get("updates", 0)),
-            drift=drift,
+        slices = spec.sharding.num_slices + 1
+        cells = index["shard"].to_numpy().astype(np.int64) * slices + index["slice"].to_numpy()
+        sizes = np.bincount(cells, minlength=spec.sharding.num_shards * slices).reshape(-1, slices)[:, 1:]
+        stale = self.run.pending_work(shards=shards)  # shards serving an overlay miss checkpoints from some slice on
+        overlays = self._overlays()
+        return ShardFacts(
+            slice_sizes={k: sizes[k].tolist() for k in shards},
+            epochs=spec.train.epochs,
             quantized=is_quantized(spec.model),
-            ohs_slices=ohs_slices(after, full, self._ohs_budget(), self._ohs_epochs()),
-            age_seconds=age,
+            stale=stale,
+            overlays={k: self._overlay_meta(overlays[k]) for k in shards if k in overlays},
+            throughput={k: self.throughput(k) for k in shards},
+            ohs_budget=self._ohs_budget(),
+            ohs_epochs=self._ohs_epochs(),
         )
 
     def throughput(self, shard: int) -> float | None:
@@ -253,58 +234,72 @@ class Coordinator:
         return max(1, round(2 * spec.train.epochs / (spec.sharding.num_slices + 1)))  # ē
 
     # -- execution --------------------------------------------------------------------------
-    def execute(self, plan: dict[str, Any]) -> None:
+    def execute(self, plan: BatchPlan) -> None:
         """Carry out a logged plan; safe to repeat after a crash at any point."""
         with self.run.writer("coordinator"):
             self._execute(plan)
 
-    def _execute(self, plan: dict[str, Any]) -> None:
+    def _execute(self, plan: BatchPlan) -> None:
         started = time.perf_counter()
-        batch_id = plan["batch_id"]
-        decisions = {int(k): v["decision"] for k, v in plan["shards"].items()}
-        ids = {int(k): np.asarray(v["ids"], np.int64) for k, v in plan["shards"].items()}
-        before = {k: self._served_key(k) for k in decisions}
+        before = self._served_keys()
+        overlays = self._overlays()
+        updates: dict[int, tuple[ShardPlan, ApplyMethod]] = {}
+        retrains: list[int] = []
+        decided: list[tuple[int, ...]] = []
+        for entry in plan.shards:
+            match entry.decision:
+                case ApplyMethod() as decision:  # a. direct updates, written as overlays (unless a replay finds them)
+                    decided.append(entry.ids)
+                    if not (entry.shard in overlays and plan.batch_id in self._overlay_meta(overlays[entry.shard]).batch_ids):
+                        updates[entry.shard] = (entry, decision)
+                case RetrainFromSlice():
+                    decided.append(entry.ids)
+                    retrains.append(entry.shard)
+                case Defer():
+                    pass
+                case other:
+                    raise TypeError(f"batch {plan.batch_id}: shard {entry.shard} has no executable decision: {other!r}")
+        requests = [self.ledger.request(rid) for rid in plan.requests]
+        placements = locate(plan, requests)
         timings: dict[int, float] = {}
-        updates = {k: d for k, d in decisions.items() if d["kind"] == "update"}
-        retrains = [k for k, d in decisions.items() if d["kind"] == "retrain"]
-        todo = {}
-        for shard, decision in updates.items():  # a. direct updates, written as overlays
-            overlay = self.overlay(shard)
-            if not (overlay and batch_id in self.store.overlays.manifest(overlay).get("batch_ids", [])):
-                todo[shard] = decision
-        carried = {k: [r for r in plan["requests"] if set(self._request(r).ids) & set(ids[k].tolist())] for k in todo}
-        timings |= self._apply_updates(todo, ids, batch_id, carried)
-        decided = [ids[k] for k, d in decisions.items() if d["kind"] in ("update", "retrain")]
+        if updates:
+            carried: dict[int, list[str]] = defaultdict(list)
+            for rid, placement in placements.items():
+                for shard in placement.shards:
+                    carried[shard].append(rid)
+            timings |= self._apply_updates(updates, plan.batch_id, carried)
         if decided:  # b. the data goes, and every checkpoint trained on it
-            self.run.commit_deletion(np.concatenate(decided), reason=f"batch {batch_id}")  # sweeps too
+            ids = np.fromiter((i for group in decided for i in group), np.int64)
+            self.run.commit_deletion(ids, reason=f"batch {plan.batch_id}")  # sweeps too
         if retrains:  # c. exact shards retrain from their earliest affected slice
-            reports = self.run.retrain_shards(self.pool, retrains)
-            for report in reports:
+            for report in self.run.retrain_shards(self.pool, retrains):
                 timings[report.shard] = timings.get(report.shard, 0.0) + report.seconds
             self._drop_overlays(retrains)
         crash_point("batch.retrained")
-        after = {k: self._served_key(k) for k in decisions}
-        self._record(plan, before, after, timings, time.perf_counter() - started)
+        self._record(plan, requests, placements, before, self._served_keys(), timings, time.perf_counter() - started)
         crash_point("batch.recorded")
-        self.ledger.finish_plan(batch_id)  # after recording: a replay records again (idempotently)
+        self.ledger.finish_plan(plan.batch_id)  # after recording: a replay records again (idempotently)
         self.last_activity = time.time()
         self.settle()
 
     def _apply_updates(
-        self, decisions: dict[int, dict[str, Any]], ids: dict[int, np.ndarray], batch_id: str, carried: dict[int, list[str]]
+        self, updates: dict[int, tuple[ShardPlan, ApplyMethod]], batch_id: str, carried: dict[int, list[str]]
     ) -> dict[int, float]:
         """DPUS (+ OHS) on each shard's served model, shards in parallel; each result becomes
         the shard's overlay. Returns the compute seconds per shard."""
         spec = self.store.spec
-        bases = {shard: self._served_ref(shard) for shard in decisions}
+        served = self.run.served_refs()
+        bases = {shard: served[shard] for shard in updates}
+        at = self.run.at()
+        ids = {shard: np.asarray(entry.ids, np.int64) for shard, (entry, _) in updates.items()}
         # seeded by what is forgotten, so a replayed plan (or the same request) draws the same
-        seeds = {s: derive_seed(int(hashlib.sha256(np.sort(ids[s]).tobytes()).hexdigest()[:15], 16), s) for s in decisions}
-        self.pool.start(sorted(decisions))
+        seeds = {s: derive_seed(int(hashlib.sha256(np.sort(ids[s]).tobytes()).hexdigest()[:15], 16), s) for s in updates}
+        self.pool.start(sorted(updates))
         handles = {
             shard: self.pool.submit(
-                shard, ApplyUpdate(self.run.config, MethodCall(d["method"], d["args"]), ids[shard], seeds[shard], bases[shard])
+                shard, ApplyUpdate(at, MethodCall(d.method, d.args), ids[shard], seeds[shard], bases[shard])
             )
-            for shard, d in decisions.items()
+            for shard, (_, d) in updates.items()
         }
         results: dict[int, UpdateResult] = {shard: self.pool.result(handle) for shard, handle in handles.items()}
         ohs = self.config.ohs
@@ -317,15 +312,15 @@ class Coordinator:
         handles = {
             shard: self.pool.submit(
                 shard,
-                ApplyUpdate(self.run.config, recover, ids[shard], seeds[shard], base=results[shard].tensors,
-                            retain_slices=tuple(range(last - d["ohs_slices"] + 1, last + 1))),
+                ApplyUpdate(at, recover, ids[shard], seeds[shard], base=results[shard].tensors,
+                            retain_slices=tuple(range(last - d.ohs_slices + 1, last + 1))),
             )
-            for shard, d in decisions.items()
-            if d["ohs_slices"]
+            for shard, (_, d) in updates.items()
+            if d.ohs_slices
         }
         tuned: dict[int, UpdateResult] = {shard: self.pool.result(handle) for shard, handle in handles.items()}
         seconds = {}
-        for shard, decision in decisions.items():
+        for shard, (_, decision) in updates.items():
             steps = [results[shard], *([tuned[shard]] if shard in tuned else [])]
             seconds[shard] = sum(r.seconds for r in steps)
             self._write_overlay(shard, decision, steps[-1].tensors, bases[shard], ids[shard], batch_id, carried[shard],
@@ -334,54 +329,58 @@ class Coordinator:
         return seconds
 
     def _write_overlay(
-        self, shard: int, decision: dict[str, Any], tensors: dict[str, torch.Tensor], base: CheckpointRef,
+        self, shard: int, decision: ApplyMethod, tensors: dict[str, torch.Tensor], base: CheckpointRef,
         ids: np.ndarray, batch_id: str, request_ids: list[str], ohs_epochs: int,
     ) -> None:
         spec = self.store.spec
         previous = self.overlay(shard)
-        meta = self.store.overlays.manifest(previous) if previous else {}
+        meta = self._overlay_meta(previous) if previous else None
         x, y = self._test_split()
         model = load_model(self.store, base)
         # the accuracy of the last exact model, against which drift is measured
-        exact_accuracy = meta["exact_accuracy"] if meta else _accuracy(model, x, y)
+        exact_accuracy = meta.exact_accuracy if meta else _accuracy(model, x, y)
         model.load_state_dict(tensors)
         ref = CheckpointRef(shard, spec.sharding.num_slices, _key(batch_id, shard), prefix=self.store.overlays.prefix)
-        self.store.overlays.put(
-            ref,
-            {f"model/{k}": v for k, v in tensors.items()},
-            {
-                "batch_ids": [*meta.get("batch_ids", []), batch_id],
-                "request_ids": sorted({*meta.get("request_ids", []), *request_ids}),
-                "ids": sorted({*meta.get("ids", []), *(int(i) for i in ids)}),
-                "updates": int(meta.get("updates", 0)) + 1,
-                "method": decision["method"],
-                "args": decision["args"],
-                "ohs_slices": decision["ohs_slices"],
-                "ohs_epochs": ohs_epochs,
-                "base": base.key,
-                "model_sha256": tensors_sha256(tensors),
-                "exact_accuracy": exact_accuracy,
-                "accuracy": _accuracy(model, x, y),
-                "created_at": now(),
-            },
+        new = OverlayMeta(
+            batch_ids=(*(meta.batch_ids if meta else ()), batch_id),
+            request_ids=tuple(sorted({*(meta.request_ids if meta else ()), *request_ids})),
+            ids=tuple(sorted({*(meta.ids if meta else ()), *(int(i) for i in ids)})),
+            updates=(meta.updates if meta else 0) + 1,
+            method=decision.method,
+            args=dict(decision.args),
+            ohs_slices=decision.ohs_slices,
+            ohs_epochs=ohs_epochs,
+            base=base.key,
+            model_sha256=tensors_sha256(tensors),
+            exact_accuracy=exact_accuracy,
+            accuracy=_accuracy(model, x, y),
+            created_at=now(),
         )
+        self.store.overlays.put(ref, {f"model/{k}": v for k, v in tensors.items()}, new.to_dict())
         if previous and previous != ref:
             self.store.overlays.delete([previous])
 
     # -- exactness --------------------------------------------------------------------------
+    def _overlays(self) -> dict[int, CheckpointRef]:
+        """The overlay each approximate shard serves (one listing)."""
+        return {ref.shard: ref for ref in self.store.overlays.list()}  # sorted: the last one per shard wins
+
+    def _overlay_meta(self, ref: CheckpointRef) -> OverlayMeta:
+        return OverlayMeta.from_dict(self.store.overlays.manifest(ref), f"overlay manifest of {ref.short()}")
+
     def overlay(self, shard: int) -> CheckpointRef | None:
         refs = self.store.overlays.list(shard)
         return refs[-1] if refs else None
 
     def approximate_shards(self) -> list[int]:
-        return sorted({ref.shard for ref in self.store.overlays.list()})
+        return sorted(self._overlays())
 
     def _debt_shards(self) -> list[int]:
         out = []
-        for ref in self.store.overlays.list():
-            meta = self.store.overlays.manifest(ref)
-            if debt_reason(meta["updates"], meta["exact_accuracy"] - meta["accuracy"], self.config):
-                out.append(ref.shard)
+        for shard, ref in sorted(self._overlays().items()):
+            meta = self._overlay_meta(ref)
+            if debt_reason(meta.updates, meta.drift, self.config):
+                out.append(shard)
         return out
 
     def restore_exactness(self, shards: list[int] | None = None) -> list[int]:
@@ -399,96 +398,127 @@ class Coordinator:
             return shards
 
     def _drop_overlays(self, shards: list[int]) -> None:
-        pending = self.run.pending_work()
+        pending = self.run.pending_work(shards=shards)
         for shard in shards:
             if shard not in pending:
                 self.store.overlays.delete(self.store.overlays.list(shard))
 
-    def _open_requests(self, states: dict[str, str] | None = None) -> list[str]:
+    def _open_requests(self, view: LedgerView | None = None) -> list[str]:
         """Requests applied but not yet exact."""
-        states = self.ledger.states() if states is None else states
-        return [rid for rid, s in states.items() if s in ("applied_approximate", "applied_exact")]
+        view = self.ledger.view() if view is None else view
+        return [e.request_id for e in view.in_state(*APPLIED)]
 
-    def _shard_of(self) -> dict[int, int]:
+    def _shards_of(self, request_ids: list[str]) -> dict[str, set[int]]:
+        """The shards each request's deleted ids were in (from the tombstones)."""
+        out: dict[str, set[int]] = {rid: set() for rid in request_ids}
+        if not request_ids:
+            return out
+        ids, owner = flat_ids([self.ledger.request(rid) for rid in request_ids])
         tombstones = self.store.tombstones()
-        return dict(zip(tombstones["id"].to_pylist(), tombstones["shard"].to_pylist(), strict=True))
-
-    def _shards_of(self, request_ids: list[str]) -> set[int]:
-        shard_of = self._shard_of()
-        return {shard_of[i] for rid in request_ids for i in self._request(rid).ids if i in shard_of}
+        dead, shard = tombstones["id"].to_numpy(), tombstones["shard"].to_numpy()
+        order = np.argsort(dead, kind="stable")
+        dead, shard = dead[order], shard[order]
+        if len(dead):
+            pos = np.minimum(np.searchsorted(dead, ids), len(dead) - 1)
+            found = dead[pos] == ids
+            width = int(shard.max()) + 1
+            for pair in np.unique(owner[found] * width + shard[pos[found]]).tolist():
+                out[request_ids[pair // width]].add(pair % width)
+        return out
 
     def settle(self) -> None:
         """Mark exact every applied request whose shards no longer hold anything of it."""
-        open_ = self._open_requests()
+        view = self.ledger.view()
+        open_ = self._open_requests(view)
         if not open_:
             return
         approximate = set(self.approximate_shards()) | set(self.run.pending_work())
-        shard_of = self._shard_of()
-        for rid in open_:
-            request = self._request(rid)
-            if not approximate & {shard_of.get(i) for i in request.ids}:
-                self.ledger.record(rid, "exact")
-                if request.subject_sha256:
-                    self.ledger.forget_subject(request.subject_sha256)
-                self._update_receipt(rid, {"exact_at": now()})
+        done = [rid for rid, shards in self._shards_of(open_).items() if not approximate & shards]
+        if not done:
+            return
+        for rid, recorded in zip(done, self.ledger.append(view, [(rid, "exact", None) for rid in done]), strict=True):
+            request = self.ledger.request(rid)
+            if request.subject_sha256:
+                self.ledger.forget_subject(request.subject_sha256)
+            if recorded is None:
+                continue
+            # the receipt written when it was applied, now with its exact transition
+            receipt = self.ledger.read_receipt(rid) or self._receipt(request, self.ledger.events(rid))
+            if recorded.new or receipt.exact_at is None:
+                self.ledger.write_receipt(receipt.with_transition(Transition(recorded.state, recorded.at), exact_at=recorded.at))
+        self.ledger.commit(view)  # after the receipts: a crash before it settles these requests again
 
     # -- bookkeeping ------------------------------------------------------------------------
-    def _served_ref(self, shard: int) -> CheckpointRef:
-        return self.run.served_refs()[shard]
-
-    def _served_key(self, shard: int) -> dict[str, str] | None:
+    def _served_keys(self) -> dict[int, dict[str, Any]]:
+        """The model each shard serves (none while a shard is mid-retrain)."""
         try:
-            ref = self._served_ref(shard)
+            refs = self.run.served_refs()
         except StaleStateError:  # a shard mid-retrain serves nothing yet
-            return None
-        return {"kind": "approximate" if ref.prefix == "approx" else "exact", "slice": ref.slice, "key": ref.key}
-
-    def _record(self, plan: dict[str, Any], before: dict, after: dict, timings: dict[int, float], seconds: float) -> None:
-        tombstones = self.store.tombstones()
-        shard_of = dict(zip(tombstones["id"].to_pylist(), tombstones["shard"].to_pylist(), strict=True))
-        approximate = set(self.approximate_shards())
-        for rid in plan["rejected"]:
-            self.ledger.record(rid, "rejected", {"batch_id": plan["batch_id"], "reason": "request larger than max_request_ids"})
-            self._update_receipt(rid, {"batch_id": plan["batch_id"], "decision": "rejected"})
-        for rid in plan["requests"]:
-            request = self._request(rid)
-            if any(i not in shard_of for i in request.ids):
-                continue  # some of its ids were deferred: a later batch applies them
-            shards = sorted({shard_of[i] for i in request.ids})
-            state = "applied_approximate" if approximate & set(shards) else "applied_exact"
-            self.ledger.record(rid, state, {"batch_id": plan["batch_id"]})
-            touched = [
-                {
-                    "shard": k,
-                    **{key: value for key, value in plan["shards"][str(k)]["decision"].items() if key != "shard"},
-                    "first_slice": plan["shards"][str(k)]["work"]["first_slice"],
-                    "estimated_sample_grads": plan["shards"][str(k)]["work"]["retrain_grads"],
-                    "model_before": before.get(k),
-                    "model_after": after.get(k),
-                    "seconds": timings.get(k, 0.0),
-                }
-                for k in shards
-                if str(k) in plan["shards"]
-            ]
-            self._update_receipt(
-                rid,
-                {"batch_id": plan["batch_id"], "policy": plan["policy"], "shards": touched, "batch_seconds": seconds,
-                 "applied_at": now(), "state": state},
-            )
-
-    def _update_receipt(self, request_id: str, fields: dict[str, Any]) -> None:
-        request = self._request(request_id)
-        receipt = self.ledger.receipt(request_id) or {
-            "request_id": request_id,
-            "ids": request.ids,
-            "idempotency_key_sha256": request.key_sha256,
-            "subject_sha256": request.subject_sha256,
-            "submitted_at": request.submitted_at,
+            return {}
+        return {
+            shard: {"kind": "approximate" if ref.prefix == "approx" else "exact", "slice": ref.slice, "key": ref.key}
+            for shard, ref in refs.items()
         }
-        receipt.update(fields)
-        receipt["state"] = self.ledger.state(request_id)
-        receipt["history"] = [{"state": e["state"], "at": e["at"]} for e in self.ledger.events(request_id)]
-        self.ledger.write_receipt(request_id, receipt)
+
+    @staticmethod
+    def _receipt(request: Request, events: list[dict[str, Any]] | None = None) -> Receipt:
+        """A request's receipt before this batch (a new one, unless ``events`` give its history)."""
+        history = tuple(Transition(e["state"], e["at"]) for e in events or [])
+        return Receipt(
+            request_id=request.request_id,
+            ids=tuple(request.ids),
+            idempotency_key_sha256=request.key_sha256,
+            subject_sha256=request.subject_sha256,
+            submitted_at=request.submitted_at,
+            state=history[-1].state if history else "pending",
+            history=history,
+        )
+
+    def _record(
+        self, plan: BatchPlan, requests: list[Request], placements: dict[str, Placement], before: dict[int, Any], after: dict[int, Any],
+        timings: dict[int, float], seconds: float,
+    ) -> None:
+        """Log each request's new state and write its receipt, built from the plan and the
+        transitions just recorded; then the ledger snapshot."""
+        view = self.ledger.view()
+        approximate = set(self.approximate_shards())
+        applied = [r for r in requests if not placements[r.request_id].deferred]  # deferred ids: a later batch applies them
+        earlier = self._shards_of([r.request_id for r in applied if placements[r.request_id].elsewhere])
+        transitions: list[tuple[str, str, dict[str, Any] | None]] = [
+            (reject.request_id, "rejected", {"batch_id": plan.batch_id, "reason": reject.reason}) for reject in plan.rejected
+        ]
+        for request in applied:
+            shards = set(placements[request.request_id].shards) | earlier.get(request.request_id, set())
+            state = "applied_approximate" if approximate & shards else "applied_exact"
+            transitions.append((request.request_id, state, {"batch_id": plan.batch_id}))
+        shard_receipts = {
+            entry.shard: ShardReceipt(entry.decision, entry.work.first_slice, entry.work.retrain_grads,
+                                      before.get(entry.shard), after.get(entry.shard), timings.get(entry.shard, 0.0))
+            for entry in plan.shards
+        }
+        by_id = {r.request_id: r for r in requests}
+        reasons = {reject.request_id: reject.reason for reject in plan.rejected}
+        for (rid, state, _), recorded in zip(transitions, self.ledger.append(view, transitions), strict=True):
+            if recorded is None:  # the request has moved past this state (a replay after it settled)
+                continue
+            if not recorded.new and self._recorded(rid, plan.batch_id, state):
+                continue  # a replay: keep the receipt the first execution wrote (its models before and after)
+            done = Transition(recorded.state, recorded.at)
+            request = by_id.get(rid) or self.ledger.request(rid)
+            if state == "rejected":
+                receipt = self._receipt(request).with_transition(done, batch_id=plan.batch_id, decision="rejected", reason=reasons[rid])
+            else:
+                receipt = self._receipt(request).with_transition(
+                    done, batch_id=plan.batch_id, policy=plan.policy, batch_seconds=seconds, applied_at=done.at,
+                    shards=tuple(shard_receipts[k] for k in placements[rid].shards),
+                )
+            self.ledger.write_receipt(receipt)
+        self.ledger.commit(view)  # after the receipts: a crash before it records this batch again
+
+    def _recorded(self, request_id: str, batch_id: str, state: str) -> bool:
+        """Whether the request's receipt already records ``state`` from batch ``batch_id``."""
+        receipt = self.ledger.read_receipt(request_id)
+        return receipt is not None and receipt.batch_id == batch_id and any(h.state == state for h in receipt.history)
 
     def _test_split(self) -> tuple[torch.Tensor, np.ndarray]:
         if self._test is None:

@@ -6,10 +6,11 @@ from raysisa import LocalPool, SisaRun, StoreConfig, inspect, parse_config, trai
 from raysisa.config import CoordinatorConfig
 from raysisa.coordinator import register_subjects, requests, status, submit
 from raysisa.coordinator.ledger import Ledger, digest
+from raysisa.coordinator.policy import Defer, RetrainFromSlice
 from raysisa.coordinator.service import Coordinator
 from raysisa.errors import InvalidIdsError
 from raysisa.evaluation.scenarios import train_labels
-from raysisa.store import RunStore
+from raysisa.store import ObjectStore, RunStore
 from tests.sisa_checks import assert_no_residue, model_shas, pick
 
 QUICK = dict(window_seconds=0, idle_seconds=None)
@@ -154,15 +155,15 @@ def test_cost_estimates_match_measured_work(tmp_path):
     for where in ([(0, 2, 0)], [(1, 1, 0)], [(0, 4, 3)]):
         ack = submit(store, pick(store, where))
         plan = coordinator.plan(coordinator.pending())
-        [(shard, entry)] = plan["shards"].items()
+        [entry] = plan.shards
         coordinator.execute(plan)
-        retrained = [s for s in SisaRun(store).store.checkpoints.list(int(shard)) if s.slice >= entry["work"]["first_slice"]]
+        retrained = [s for s in SisaRun(store).store.checkpoints.list(entry.shard) if s.slice >= entry.work.first_slice]
         manifests = [SisaRun(store).store.checkpoints.manifest(r) for r in retrained]
         measured_grads = sum(m["sample_grads"] for m in manifests)
         measured_seconds = sum(m["train_cpu_seconds"] for m in manifests)
-        work = entry["work"]
-        assert work["retrain_grads"] == measured_grads  # the sample-gradient estimate is exact
-        estimate = work["retrain_grads"] / work["throughput"]
+        work = entry.work
+        assert work.retrain_grads == measured_grads  # the sample-gradient estimate is exact
+        estimate = work.retrain_grads / work.throughput
         # stated tolerance: within a factor of 2 of the measured CPU seconds
         assert 0.5 * measured_seconds <= estimate <= 2.0 * measured_seconds, (estimate, measured_seconds)
         assert status(store, ack.request_id)["state"] == "exact"
@@ -205,9 +206,15 @@ def test_oversized_requests_are_rejected_and_young_heavy_work_deferred(run):
     coordinator = Coordinator(run, config, LocalPool())
     coordinator.step()
     assert states(run) == {big.request_id: "rejected", small.request_id: "pending"}
-    assert status(run, big.request_id)["receipt"]["decision"] == "rejected"
-    plan = Ledger(RunStore(run).objects).objects.get_json(f"ledger/batches/{Ledger(RunStore(run).objects).batches()[0]}.json")
-    assert [s["decision"]["kind"] for s in plan["shards"].values()] == ["defer"]
+    receipt = status(run, big.request_id)["receipt"]
+    assert receipt["decision"] == "rejected" and "max_request_ids (2)" in receipt["reason"]
+    assert [h["state"] for h in receipt["history"]] == ["rejected"]
+    ledger = Ledger(RunStore(run).objects)
+    [batch] = ledger.batches()
+    plan = ledger.plan(batch)
+    assert [r.request_id for r in plan.rejected] == [big.request_id] and plan.requests == (small.request_id,)
+    assert [type(s.decision) for s in plan.shards] == [Defer] and plan.shards[0].ids == tuple(small_ids(run, small))
+    assert status(run, small.request_id)["receipt"] is None  # nothing done for it yet
     assert pick(run, [(1, 1, 0)]) == small_ids(run, small)  # deferred: the data is still there
 
 
@@ -255,8 +262,36 @@ def test_the_work_of_a_shard_serving_an_overlay_starts_at_its_earliest_missing_c
     later = pick(run, [(1, 3, 0)])
     submit(run, later)
     plan = coordinator.plan(coordinator.pending())
-    work = plan["shards"]["1"]["work"]
+    work = plan.shard(1).work
     sizes = RunStore(run).refresh().slice_sizes(1)
     sizes[2] -= 1  # the planned deletion
-    assert work["first_slice"] == 1  # not 3: retraining this shard starts where its exact checkpoints end
-    assert work["retrain_grads"] == retrain_cost(sizes, tiny_job.train.epochs, 1) == work["full_grads"]
+    assert work.first_slice == 1  # not 3: retraining this shard starts where its exact checkpoints end
+    assert work.retrain_grads == retrain_cost(sizes, tiny_job.train.epochs, 1) == work.full_grads
+    assert work.approximate and work.approx_updates == 1 and work.drift is not None
+
+
+def test_bookkeeping_reads_no_history(run, monkeypatch):
+    """Polls, planning, recording and receipts read the ledger's snapshot and inbox, never
+    a listing of every request, event or plan (which would grow with history)."""
+    coordinator = Coordinator(run, ALWAYS_RETRAIN, LocalPool())
+    for where in ([(0, 1, 0)], [(1, 1, 0)], [(2, 1, 0)]):  # some history first
+        submit(run, pick(run, where))
+        assert coordinator.step() == "batch"
+    listed = []
+    original = ObjectStore.list
+    monkeypatch.setattr(ObjectStore, "list", lambda self, prefix="": listed.append(prefix) or original(self, prefix))
+
+    def no_history(self, request_id):
+        raise AssertionError("a receipt re-read the request's event history")
+
+    monkeypatch.setattr(Ledger, "events", no_history)
+    ack = submit(run, pick(run, [(0, 2, 0), (1, 3, 0)]), key="late")
+    assert coordinator.step() == "batch"
+    rows = requests(run)
+    assert [r["state"] for r in rows] == ["exact"] * 4 and rows[-1]["request_id"] == ack.request_id and rows[-1]["ids"] == 2
+    ledger_listings = {p for p in listed if p.startswith("ledger")}
+    assert ledger_listings == {"ledger/open", "ledger/inbox"}, ledger_listings
+    receipt = Ledger(RunStore(run).objects).read_receipt(ack.request_id)
+    assert [h.state for h in receipt.history] == ["applied_exact", "exact"] and receipt.exact_at == receipt.history[-1].at
+    assert [s.shard for s in receipt.shards] == [0, 1] and {type(s.decision) for s in receipt.shards} == {RetrainFromSlice}
+    assert not RunStore(run).objects.list("ledger/inbox")  # the snapshot holds every request now

@@ -3,8 +3,18 @@
 import pytest
 
 from raysisa.config import CoordinatorConfig
-from raysisa.coordinator.policy import ApplyMethod, Defer, RetrainFromSlice, ShardWork, decide, ohs_slices
-from raysisa.errors import ConfigError
+from raysisa.coordinator.policy import (
+    ApplyMethod,
+    Defer,
+    Reject,
+    RetrainFromSlice,
+    ShardWork,
+    decide,
+    decision_from_dict,
+    ohs_slices,
+    screen,
+)
+from raysisa.errors import ConfigError, StoreError
 
 
 def work(**kw):
@@ -71,3 +81,30 @@ def test_unknown_policy_and_bad_bounds_are_config_errors():
         CoordinatorConfig(policy="greedy")
     with pytest.raises(ConfigError, match="rho"):
         CoordinatorConfig(rho=-1)
+
+
+def test_decisions_are_tagged_values_that_read_back():
+    decisions = [RetrainFromSlice(2, 3, "light"), ApplyMethod(1, "neggrad_plus", {"epochs": 2}, 1, "heavy"), Defer(4, "young")]
+    for decision in decisions:
+        data = decision.to_dict()
+        assert data["kind"] == decision.kind and data["shard"] == decision.shard
+        assert decision_from_dict(data) == decision
+    with pytest.raises(StoreError, match="plan shard 1 decision is malformed: unknown decision kind 'reject'"):
+        decision_from_dict({"kind": "reject", "shard": 1, "reason": "x"}, "plan shard 1 decision")
+    with pytest.raises(StoreError, match="'slice' should be an integer"):
+        decision_from_dict({"kind": "retrain", "shard": 1, "slice": True, "reason": "x"})
+    assert ShardWork.from_dict(work(drift=0.5).to_dict()) == work(drift=0.5)
+
+
+class Req:
+    def __init__(self, request_id, n):
+        self.request_id, self.ids = request_id, list(range(n))
+
+
+def test_screen_rejects_requests_over_the_size_limit_in_the_policy():
+    requests = [Req("a", 3), Req("b", 1), Req("c", 2), Req("d", 5)]
+    accepted, rejected = screen(requests, CoordinatorConfig(max_request_ids=2))
+    assert [r.request_id for r in accepted] == ["b", "c"]
+    assert [(r.request_id, r.kind) for r in rejected] == [("a", "reject"), ("d", "reject")]
+    assert rejected[0].reason == "3 ids: more than max_request_ids (2)" and isinstance(rejected[0], Reject)
+    assert screen(requests, CoordinatorConfig()) == (requests, [])
