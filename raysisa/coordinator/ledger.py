@@ -183,11 +183,14 @@ class Ledger:
         request_id = self.request_id_for(key)
         ids_list = sorted(int(i) for i in ids)
         request = Request(request_id, ids_list, now(), digest(key), digest(subject) if subject else None)
-        # announced before it exists, so no logged request is ever missing from the inbox or the snapshot
-        self.objects.put_json(f"{INBOX}/{request_id}.json", {"request_id": request_id, "at": request.submitted_at})
-        if self.objects.create_json(f"{REQUESTS}/{request_id}.json", request.to_dict()):
-            return Ack(request_id, "pending", False, len(ids_list))
-        existing = self.request(request_id)  # the key was used before (or at this same instant)
+        try:
+            existing = self.request(request_id)  # the key was used before: nothing is written
+        except StoreNotFoundError:
+            # announced before it exists, so no logged request is ever missing from the inbox or the snapshot
+            self.objects.create_json(f"{INBOX}/{request_id}.json", {"request_id": request_id, "at": request.submitted_at})
+            if self.objects.create_json(f"{REQUESTS}/{request_id}.json", request.to_dict()):
+                return Ack(request_id, "pending", False, len(ids_list))
+            existing = self.request(request_id)  # created by another submission at this same instant
         if existing.ids != ids_list:
             raise InvalidIdsError(
                 f"idempotency key already used for request {request_id} with other ids "

@@ -139,7 +139,8 @@ class Coordinator:
             open_ = self._open_requests(view)
             if not open_:
                 return "idle", None
-            waiting = set().union(*self._shards_of(open_).values()) & set(self.run.pending_work())
+            held = set().union(*self._shards_of(open_).values())
+            waiting = set(self.run.pending_work(shards=held))
             return ("restored", sorted(waiting)) if waiting else ("settled", None)
         indebted = self._debt_shards()
         if indebted:
@@ -241,7 +242,7 @@ class Coordinator:
 
     def _execute(self, plan: BatchPlan) -> None:
         started = time.perf_counter()
-        before = self._served_keys()
+        before = self._served_keys(decided_shards := [entry.shard for entry in plan.shards])
         overlays = self._overlays()
         updates: dict[int, tuple[ShardPlan, ApplyMethod]] = {}
         retrains: list[int] = []
@@ -276,7 +277,7 @@ class Coordinator:
                 timings[report.shard] = timings.get(report.shard, 0.0) + report.seconds
             self._drop_overlays(retrains)
         crash_point("batch.retrained")
-        self._record(plan, requests, placements, before, self._served_keys(), timings, time.perf_counter() - started)
+        self._record(plan, requests, placements, before, self._served_keys(decided_shards), timings, time.perf_counter() - started)
         crash_point("batch.recorded")
         self.ledger.finish_plan(plan.batch_id)  # after recording: a replay records again (idempotently)
         self.last_activity = time.time()
@@ -288,8 +289,7 @@ class Coordinator:
         """DPUS (+ OHS) on each shard's served model, shards in parallel; each result becomes
         the shard's overlay. Returns the compute seconds per shard."""
         spec = self.store.spec
-        served = self.run.served_refs()
-        bases = {shard: served[shard] for shard in updates}
+        bases = self.run.served_refs(shards=updates)
         at = self.run.at()
         ids = {shard: np.asarray(entry.ids, np.int64) for shard, (entry, _) in updates.items()}
         # seeded by what is forgotten, so a replayed plan (or the same request) draws the same
@@ -432,8 +432,10 @@ class Coordinator:
         open_ = self._open_requests(view)
         if not open_:
             return
-        approximate = set(self.approximate_shards()) | set(self.run.pending_work())
-        done = [rid for rid, shards in self._shards_of(open_).items() if not approximate & shards]
+        held = self._shards_of(open_)
+        # the shards these requests wait for: serving an overlay, or still missing checkpoints
+        approximate = set(self.approximate_shards()) | set(self.run.pending_work(shards=set().union(*held.values())))
+        done = [rid for rid, shards in held.items() if not approximate & shards]
         if not done:
             return
         for rid, recorded in zip(done, self.ledger.append(view, [(rid, "exact", None) for rid in done]), strict=True):
@@ -449,10 +451,10 @@ class Coordinator:
         self.ledger.commit(view)  # after the receipts: a crash before it settles these requests again
 
     # -- bookkeeping ------------------------------------------------------------------------
-    def _served_keys(self) -> dict[int, dict[str, Any]]:
-        """The model each shard serves (none while a shard is mid-retrain)."""
+    def _served_keys(self, shards: list[int]) -> dict[int, dict[str, Any]]:
+        """The model each of ``shards`` serves (none while a shard is mid-retrain)."""
         try:
-            refs = self.run.served_refs()
+            refs = self.run.served_refs(shards=shards)
         except StaleStateError:  # a shard mid-retrain serves nothing yet
             return {}
         return {

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -194,15 +195,20 @@ class SisaRun:
     def pending_work(
         self, expected: dict[int, list[CheckpointRef]] | None = None, shards: Iterable[int] | None = None
     ) -> dict[int, list[int]]:
-        """Slices each shard (or each of ``shards``: one listing per shard instead of one of
-        every checkpoint) must (re)train: from its first missing checkpoint to R."""
+        """Slices each shard (or each of ``shards``) must (re)train: from its first missing
+        checkpoint to R.
+
+        Checkpoints are listed per shard when that takes fewer requests than listing them
+        all (a listing returns 1,000 keys per request; a checkpoint is two objects)."""
         expected = expected if expected is not None else self.expected_refs()
-        if shards is None:
-            present = set(self.store.checkpoints.list())
-        else:
+        if shards is not None:
             shards = sorted(set(shards))
-            present = {ref for shard in shards for ref in self.store.checkpoints.list(shard)}
             expected = {shard: expected[shard] for shard in shards}
+        objects = 2 * self.store.state().num_shards * (self.store.spec.sharding.num_slices + 1)
+        if shards is not None and len(shards) < math.ceil(objects / 1000):
+            present = {ref for shard in shards for ref in self.store.checkpoints.list(shard)}
+        else:
+            present = set(self.store.checkpoints.list())
         work = {}
         for shard, refs in expected.items():
             missing = [r.slice for r in refs if r not in present]
@@ -399,15 +405,20 @@ class SisaRun:
         )
 
     # -- evaluation ------------------------------------------------------------------------
-    def served_refs(self, expected: dict[int, list[CheckpointRef]] | None = None) -> dict[int, CheckpointRef]:
-        """The model each shard serves: its latest exact checkpoint, or, while a shard is
-        approximate (its exact checkpoints await retraining), its approximate overlay.
+    def served_refs(
+        self, expected: dict[int, list[CheckpointRef]] | None = None, shards: Iterable[int] | None = None
+    ) -> dict[int, CheckpointRef]:
+        """The model each shard (or each of ``shards``) serves: its latest exact checkpoint,
+        or, while a shard is approximate (its exact checkpoints await retraining), its
+        approximate overlay.
 
         Raises:
             StaleStateError: a shard has neither.
         """
         expected = expected if expected is not None else self.expected_refs()
-        stale = self.pending_work(expected)
+        if shards is not None:
+            expected = {shard: expected[shard] for shard in sorted(set(shards))}
+        stale = self.pending_work(expected, shards=None if shards is None else list(expected))
         overlays = {ref.shard: ref for ref in self.store.overlays.list()}
         served, missing = {}, []
         for shard, refs in expected.items():

@@ -130,3 +130,23 @@ def test_a_warm_worker_reads_only_the_rewritten_partition(local_runs, tmp_path):
         [f"data/train/shard=0/slice={SLICES}/part-{version - 1:06d}.parquet", f"data/train/shard=0/slice={SLICES}/part-{version:06d}.parquet"]
     ), data_reads
     assert np.isin(ids[:2], RunStore(store).read_index()["id"].to_numpy()).sum() == 0
+
+
+@pytest.mark.s3
+def test_a_coordinator_batch_of_ten_requests_over_ten_shards_stays_under_400_requests(local_runs, s3_endpoint):
+    from raysisa.config import CoordinatorConfig
+    from raysisa.coordinator import client
+    from raysisa.coordinator.service import Coordinator
+
+    store = _copy(local_runs[100], StoreConfig(uri=f"{make_bucket(s3_endpoint)}/run", endpoint_url=s3_endpoint))
+    ids = [_last_slice_id(store, shard) for shard in range(10)]
+    acks = [client.submit(store, [i], key=f"scale-{i}") for i in ids]
+    coordinator = Coordinator(store, CoordinatorConfig(policy="prs", window_seconds=0, idle_seconds=None), LocalPool())
+    with count_traffic() as traffic:
+        assert coordinator.step() == "batch"
+    assert traffic.total <= 400, traffic.to_dict()
+    assert {client.status(store, a.request_id)["state"] for a in acks} == {"exact"}
+    assert not np.isin(ids, RunStore(store).read_index()["id"].to_numpy()).any()
+    # each data partition read at most twice: by the deletion and by the shard's worker
+    data_reads = Counter(key for key in traffic.reads if key.startswith("data/"))
+    assert max(data_reads.values()) <= 2 and len(data_reads) <= 10 * SLICES + 10, data_reads
