@@ -203,11 +203,71 @@ def store_requests(trees: dict[str, Path], endpoint: str, work: Path, samples: i
     return results
 
 
-# -- planning and polling (this tree only: the pure planner is new) ----------------------------
-def planning(work: Path) -> dict:
-    from raysisa.coordinator import bench_support
+# -- planning and polling -------------------------------------------------------------------
+PLANNING = """
+import datetime as dt, json, time
+import numpy as np
+from raysisa.config import CoordinatorConfig
+from raysisa.coordinator.plan import IndexRows, ShardFacts, plan_batch
+from raysisa.coordinator.records import Request
+SHARDS, SLICES, SAMPLES = 100, 4, 1_000_000
+rng = np.random.default_rng(0)
+shard_of, slice_of = rng.integers(0, SHARDS, SAMPLES), rng.integers(1, SLICES + 1, SAMPLES)
+sizes = np.zeros((SHARDS, SLICES), np.int64)
+np.add.at(sizes, (shard_of, slice_of - 1), 1)
+facts = ShardFacts(slice_sizes={k: sizes[k].tolist() for k in range(SHARDS)}, epochs=6, ohs_budget=0.5, ohs_epochs=1)
+t0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+config = CoordinatorConfig(policy="ohs", max_request_ids=1000)
+out = {}
+for k in (100, 1_000, 10_000):
+    requests = [Request(f"{n:032x}", sorted({int(i) for i in rng.integers(0, SAMPLES, 3)}),
+                        (t0 + dt.timedelta(seconds=n / 1000)).isoformat(timespec="milliseconds"), "0" * 64) for n in range(k)]
+    wanted = np.unique(np.concatenate([r.ids for r in requests]))
+    rows = IndexRows(wanted, shard_of[wanted], slice_of[wanted])
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        plan_batch(requests, rows, facts, config, batch_id="b", created_at="x", now=t0.timestamp() + 3600)
+        best = min(best, time.perf_counter() - started)
+    out[f"plan one batch of {k:,} requests (100 shards)"] = best
+print(json.dumps(out))
+"""
 
-    return bench_support.measure(work)
+POLLING = """
+import json, sys, tempfile, time
+import numpy as np
+from raysisa.config import StoreConfig
+from raysisa.store import ObjectStore
+from raysisa.coordinator.ledger import Ledger
+n = int(sys.argv[1])
+folder = tempfile.mkdtemp(prefix="raysisa-ledger-")
+ledger = Ledger(ObjectStore(StoreConfig(uri=folder)))
+acks = [ledger.submit(np.array([i])) for i in range(n)]
+if hasattr(ledger, "view"):  # bulk transitions and a snapshot
+    view = ledger.view()
+    ledger.append(view, [(a.request_id, "applied_exact", {"batch_id": "b"}) for a in acks])
+    ledger.commit(view)
+else:
+    for a in acks:
+        ledger.record(a.request_id, "applied_exact", {"batch_id": "b"})
+ledger.submit(np.array([n + 1]))  # one request newer than the last batch
+best = float("inf")
+for _ in range(3):
+    fresh = Ledger(ObjectStore(StoreConfig(uri=folder)))
+    started = time.perf_counter()
+    states = fresh.states()
+    best = min(best, time.perf_counter() - started)
+assert len(states) == n + 1
+print(json.dumps(best))
+"""
+
+
+def planning(trees: dict[str, Path]) -> dict:
+    results = json.loads(run_python(ROOT, PLANNING).strip().splitlines()[-1])
+    for name, tree in trees.items():
+        seconds = json.loads(run_python(tree, POLLING, "10000").strip().splitlines()[-1])
+        results[f"poll every request's state with 10,000 past requests ({name}, local store)"] = seconds
+    return results
 
 
 # -- Ray vs a plain loop -----------------------------------------------------------------------
@@ -259,13 +319,18 @@ def ray_vs_plain(work: Path, samples: int) -> dict:
         out = run_python(ROOT, PLAIN, *recipe)
         results.setdefault("plain loop", []).append(time.perf_counter() - started)
         grads = int(out.split()[0])
-        for name, extra in (("raysisa --in-process", ["--in-process"]), ("raysisa on Ray", [])):
-            wall, _ = run_cli(ROOT, "train", "--store", str(work / f"train-{attempt}-{len(extra)}"), *sets, *extra, "--quiet")
+        variants = (
+            ("raysisa --in-process", ["--in-process"]),
+            ("raysisa on Ray, one shard at a time", ["--set", "cluster.max_concurrent=1"]),
+            ("raysisa on Ray, shards in parallel", []),
+        )
+        for n, (name, extra) in enumerate(variants):
+            wall, _ = run_cli(ROOT, "train", "--store", str(work / f"train-{attempt}-{n}"), *sets, *extra, "--quiet")
             results.setdefault(name, []).append(wall)
     best = {name: min(walls) for name, walls in results.items()}
     return {"sample_grads": grads, "seconds": {k: [round(w, 2) for w in v] for k, v in results.items()},
             "throughput": {k: round(grads / v, 1) for k, v in best.items()},
-            "ray_vs_plain": round(best["plain loop"] / best["raysisa on Ray"], 3),
+            "ray_vs_plain": round(best["plain loop"] / best["raysisa on Ray, one shard at a time"], 3),
             "in_process_vs_plain": round(best["plain loop"] / best["raysisa --in-process"], 3)}
 
 
@@ -330,27 +395,29 @@ def main() -> None:
     results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "before": args.before}
     with tempfile.TemporaryDirectory(prefix="raysisa-scale-") as tmp:
         work = Path(tmp)
-        trees = {"after": ROOT}
-        if "requests" in args.only:
-            before = work / "before"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-f", str(before), args.before], check=True,
-                           capture_output=True)
-            trees = {"before": before, "after": ROOT}
-            count_requests()
-            import socket
+        before = work / "before"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-f", str(before), args.before], check=True,
+                       capture_output=True)
+        trees = {"before": before, "after": ROOT}
+        try:
+            if "requests" in args.only:
+                count_requests()
+                import socket
 
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-            server.start()
-            try:
-                results["requests"] = store_requests(trees, f"http://127.0.0.1:{port}", work, args.samples, 4)
-            finally:
-                server.stop()
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], check=False)
-        if "planning" in args.only:
-            results["planning"] = planning(work)
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", 0))
+                    port = sock.getsockname()[1]
+                server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+                server.start()
+                try:
+                    results["requests"] = store_requests(trees, f"http://127.0.0.1:{port}", work, args.samples, 4)
+                finally:
+                    server.stop()
+            if "planning" in args.only:
+                results["planning"] = planning(trees)
+                print(json.dumps(results["planning"]), flush=True)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], check=False)
         if "training" in args.only:
             results["training"] = ray_vs_plain(work, args.samples)
             print(json.dumps(results["training"]), flush=True)
