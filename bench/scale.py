@@ -41,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -50,32 +49,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
+from bench.store_transactions import LOCK, REQUESTS, count_requests  # noqa: E402
 
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
 PYTHON = sys.executable
-REQUESTS: list[dict] = []
-LOCK = threading.Lock()
 
 
-# -- counting S3 requests on the server ------------------------------------------------------
-def count_requests() -> None:
-    """Wrap moto's WSGI app: record method, query and bytes of every request."""
-    from moto.moto_server import werkzeug_app
-
-    original = werkzeug_app.DomainDispatcherApplication.__call__
-
-    def wrapped(self, environ, start_response):
-        record = {"method": environ["REQUEST_METHOD"], "query": environ.get("QUERY_STRING", ""),
-                  "in": int(environ.get("CONTENT_LENGTH") or 0)}
-        chunks = list(original(self, environ, start_response))
-        record["out"] = sum(len(c) for c in chunks)
-        with LOCK:
-            REQUESTS.append(record)
-        return chunks
-
-    werkzeug_app.DomainDispatcherApplication.__call__ = wrapped
-
-
+# -- counting S3 requests on the server (moto's WSGI app wrapped, as for the transactions) ----
 def kind(r: dict) -> str:
     if r["method"] == "GET" and "list-type" in r["query"]:
         return "LIST"
@@ -173,7 +153,7 @@ def store_requests(trees: dict[str, Path], endpoint: str, work: Path, samples: i
         local = StoreConfig(uri=str(work / f"s{shards}"))
         job = parse_config({}, ["data.source=parquet", f"data.uri={CIFAR}", f"data.limit={samples}",
                                 f"sharding.num_shards={shards}", f"sharding.num_slices={slices}",
-                                "train.epochs=2", "model.width=8"])
+                                "train.epochs=4", "model.width=8"])
         started = time.perf_counter()
         train(job, local, pool=LocalPool())
         print(f"trained S={shards} in {time.perf_counter() - started:.0f}s", flush=True)
@@ -188,9 +168,11 @@ def store_requests(trees: dict[str, Path], endpoint: str, work: Path, samples: i
             store = copy_store(local, f"s3://{bucket}/run", endpoint)
             target = last_slice_ids(local, [0], slices)[0]
             with Counted() as unlearn:
-                run_cli(tree, "unlearn", "--store", store.uri, "--endpoint-url", endpoint, "--ids", str(target),
-                        "--in-process", "--quiet")
-            row = {**unlearn.result, "shard_data_bytes": shard_bytes, "train_data_bytes": total_bytes}
+                _, out = run_cli(tree, "unlearn", "--store", store.uri, "--endpoint-url", endpoint, "--ids", str(target),
+                                 "--in-process", "--quiet", "--json")
+            report = json.loads(out)
+            row = {**unlearn.result, "shard_data_bytes": shard_bytes, "train_data_bytes": total_bytes,
+                   "retrain_seconds": round(report["compute_seconds"], 3), "slices_retrained": report["slices_retrained"]}
             # a batch: 10 one-id requests over 10 shards, applied by one coordinator step
             if shards == 100:
                 ids = last_slice_ids(local, list(range(1, 11)), slices)
@@ -334,6 +316,46 @@ def ray_vs_plain(work: Path, samples: int) -> dict:
             "in_process_vs_plain": round(best["plain loop"] / best["raysisa --in-process"], 3)}
 
 
+# -- one cold unlearn: in this process or on a fresh local Ray ------------------------------
+COLD = """
+import sys, json, time
+started = time.perf_counter()
+from raysisa import LocalPool, StoreConfig, unlearn
+from raysisa.sisa.actors import ray_pool
+store, ids, mode = StoreConfig(uri=sys.argv[1]), [int(i) for i in sys.argv[2].split(",")], sys.argv[3]
+if mode == "ray":
+    with ray_pool(None, 5) as pool:
+        report = unlearn(store, ids, pool=pool)
+else:
+    report = unlearn(store, ids, pool=LocalPool())
+print(json.dumps({"retrain_seconds": report.compute_seconds, "process_seconds": time.perf_counter() - started}))
+"""
+
+
+def cold_unlearn(work: Path) -> dict:
+    """Whole-process time of one exact unlearn (digits, 5 shards x 4 slices) touching one
+    shard and two shards, in-process and on a private local Ray cluster, interleaved."""
+    from raysisa import LocalPool, StoreConfig, parse_config, train
+    from raysisa.store import RunStore
+
+    source = StoreConfig(uri=str(work / "cold"))
+    train(parse_config({}, []), source, pool=LocalPool())
+    run = RunStore(source)
+    last = [int(run.read_partition(k, 4, ["id"])["id"].to_numpy()[n]) for n in range(6) for k in range(5)]
+    results: dict = {}
+    n = 0
+    for _ in range(2):
+        for shards in (1, 2):
+            for mode in ("in-process", "ray"):
+                ids = last[n : n + shards] if shards == 1 else [last[n], last[n + 1]]
+                n += shards
+                started = time.perf_counter()
+                out = json.loads(run_python(ROOT, COLD, source.uri, ",".join(map(str, ids)), mode).strip().splitlines()[-1])
+                wall = time.perf_counter() - started
+                results.setdefault(f"{shards} shard(s), {mode}", []).append({"wall": round(wall, 2), "retrain": round(out["retrain_seconds"], 2)})
+    return results
+
+
 # -- warm request latency ----------------------------------------------------------------------
 WARM = """
 import sys, time, json
@@ -360,8 +382,8 @@ with ray_session(ClusterConfig()):
         while coordinator.step() not in ("batch",):
             pass
         latency = time.perf_counter() - started
-        receipt = client.status(store, ack.request_id)
-        compute = sum(s.get("seconds", 0.0) for s in receipt.get("shards", []))
+        receipt = client.status(store, ack.request_id)["receipt"]
+        compute = sum(s["seconds"] for s in receipt["shards"])
         rows.append({"latency_seconds": round(latency, 3), "retrain_seconds": round(compute, 3)})
     pool.close()
 print(json.dumps(rows))
@@ -383,7 +405,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", default="bc7a9d9", help="git revision to compare with (default: before issue 10)")
     parser.add_argument("--samples", type=int, default=5000, help="CIFAR-10 training samples of the S3 workloads")
-    parser.add_argument("--only", nargs="*", default=["requests", "planning", "training", "latency"])
+    parser.add_argument("--only", nargs="*", default=["requests", "planning", "training", "cold", "latency"])
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
 
@@ -421,6 +443,9 @@ def main() -> None:
         if "training" in args.only:
             results["training"] = ray_vs_plain(work, args.samples)
             print(json.dumps(results["training"]), flush=True)
+        if "cold" in args.only:
+            results["cold"] = cold_unlearn(work)
+            print(json.dumps(results["cold"]), flush=True)
         if "latency" in args.only:
             results["latency"] = warm_latency(work, 2000)
             print(json.dumps(results["latency"]), flush=True)
@@ -440,9 +465,10 @@ def render(r: dict) -> str:
     lines = [
         "## The engine at cluster scale: cost per request (`bench/scale.py`)",
         "",
-        f"One run on {r['machine']}, moto S3 on 127.0.0.1 (requests counted on the server, by kind), CIFAR-10 "
-        f"subsets, shard work in-process unless noted. *before* is commit `{r['before']}` (before the issue-10 "
-        "changes), run on the same stores in the same run; *after* is this tree.",
+        f"On {r['machine']}, moto S3 on 127.0.0.1 (requests counted on the server, by kind), CIFAR-10 subsets, "
+        f"shard work in-process unless noted. *before* is commit `{r['before']}` (before the issue-10 changes), run "
+        "on the same stores in the same invocation as *after* (this tree); sections come from `--only` invocations "
+        "of the script on the same code.",
         "",
     ]
     req = r.get("requests")
@@ -452,15 +478,16 @@ def render(r: dict) -> str:
             "command; 1 slice retrained), and per coordinator batch of 10 one-id requests over 10 shards (policy "
             "`prs`, 10 slices retrained):",
             "",
-            "| code | shards | requests | GET / PUT / LIST / HEAD / DELETE | bytes read | affected shard's data | all training data | wall |",
-            "|---|---:|---:|---|---:|---:|---:|---:|",
+            "| code | shards | requests | GET / PUT / LIST / HEAD / DELETE | bytes read | affected shard's data | all training data | whole command | its retraining |",
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|",
         ]
         for name, row in req.items():
             code, shards = name.split(" S=")
             k = row["by_kind"]
             kinds = " / ".join(str(k.get(x, 0)) for x in ("GET", "PUT", "LIST", "HEAD", "DELETE"))
             lines.append(f"| {code} | {shards} | {row['requests']} | {kinds} | {_kb(row['bytes_read'])} | "
-                         f"{_kb(row['shard_data_bytes'])} | {_kb(row['train_data_bytes'])} | {row['wall_seconds']:.1f} s |")
+                         f"{_kb(row['shard_data_bytes'])} | {_kb(row['train_data_bytes'])} | {row['wall_seconds']:.1f} s | "
+                         f"{row.get('retrain_seconds', float('nan')):.2f} s |")
         batches = {name: row["batch"] for name, row in req.items() if "batch" in row}
         if batches:
             lines += ["", "| code | coordinator batch at S = 100 | GET / PUT / LIST / HEAD / DELETE | bytes read | wall |",
@@ -490,6 +517,20 @@ def render(r: dict) -> str:
             best = min(walls)
             lines.append(f"| {name} | {best:.1f} | {tr['sample_grads'] / best:,.0f} | {plain / best:.2f} |")
         lines.append("")
+    cold = r.get("cold")
+    if cold:
+        lines += [
+            "**One cold unlearn, whole process** (`raysisa.unlearn`, digits, 5 shards x 4 slices, last-slice samples; "
+            "best of 2): in this process, or on a private local Ray cluster started for it:",
+            "",
+            "| deletion | where | process seconds | retraining compute |",
+            "|---|---|---:|---:|",
+        ]
+        for name, rows in cold.items():
+            best = min(rows, key=lambda x: x["wall"])
+            where = name.split(", ")[1]
+            lines.append(f"| {name.split(', ')[0]} | {where} | {best['wall']:.1f} | {best['retrain']:.2f} s |")
+        lines.append("")
     lat = r.get("latency")
     if lat:
         lines += [
@@ -498,6 +539,29 @@ def render(r: dict) -> str:
             f"{lat['mean_retrain_seconds']:.2f} s of retraining compute ({lat['ratio']}x).",
             "",
         ]
+    lines += [
+        "What it shows, and what is left:",
+        "",
+        "- An unlearn costs the same requests at 10 and at 100 shards; what is left is about 30 fixed requests (lease, "
+        "recovery check, manifest, commit log, index and tombstones, journal, three new data objects, commit, the "
+        "sweep by key, release) plus, in a cold worker, the shard's R partitions and per retrained slice a HEAD, the "
+        "previous checkpoint (2 GETs) and the new one (2 PUTs). Bytes read are the id index, the affected shard's data "
+        "and the restart checkpoint read twice (the driver verifies it before deleting anything; the worker loads "
+        "it), never the other shards' partitions (*before*, every unlearn read the commit log and index several times).",
+        "- A coordinator batch no longer lists the whole store, the ledger history or every checkpoint per step; "
+        "planning 10,000 requests takes milliseconds (the issue measured 5.8 s for 5,000 with the old planner), and "
+        "polling reads a snapshot plus the requests logged since.",
+        "- A cold command is still dominated by its process: importing torch and raysisa (~2 s), torch's optimiser "
+        "importing its compiler on the first step (~2 s; torch does this unconditionally), and, on Ray, starting a "
+        "private local cluster (~8 s with actors). So `unlearn` with no cluster configured runs in-process when one "
+        "shard works; the table shows in-process also wins for two shards of small work, and Ray pays when the "
+        "retraining is long enough to run shards in parallel or the data lives on a cluster. Request latency is "
+        "the warm path: the long-lived coordinator keeps its shard actors (started together, the compiler imported "
+        "at start), which hold the decoded partitions and read only what a deletion changed.",
+        "- Training one shard at a time through Ray actors reaches the ratio above against the plain loop: the "
+        "difference is Ray's start-up and shutdown and each actor's process start, a fixed cost of seconds that a "
+        "longer training amortises; shards in parallel use the machine's cores and beat the single-threaded loop.",
+    ]
     return "\n".join(lines)
 
 

@@ -60,8 +60,10 @@ class RayPool:
         return max(0.01, min(1.0, math.floor(100 * self.free_cpus / self.num_shards) / 100))
 
     def start(self, shards: Sequence[int]) -> None:
-        """Create the actors of ``shards`` now, together, and wait until they are up, so
-        that their start-up overlaps instead of delaying each shard's first task."""
+        """Create the actors of ``shards`` now, together (one scheduling wave), and wait
+        until they are up: their start-ups overlap one another instead of delaying each
+        shard's first task (measured faster on 2 cores than letting them start while the
+        first shards train)."""
         new = [shard for shard in shards if shard not in self.actors]
         ray.get([self.actor(shard).__ray_ready__.remote() for shard in new])
 
@@ -74,7 +76,7 @@ class RayPool:
                 "max_restarts": self.cluster.max_restarts,
                 "max_task_retries": self.cluster.max_restarts,
             }
-            self.actors[shard] = ray.remote(ShardWorker).options(**options).remote(shard, self.device)
+            self.actors[shard] = ray.remote(ShardWorker).options(**options).remote(shard, self.device, warm=True)
         return self.actors[shard]
 
     def concurrency(self, threads_per_shard: int) -> int:

@@ -13,6 +13,7 @@ bit-identical weights:
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import time
@@ -102,15 +103,20 @@ class ShardWorker:
     Args:
         shard: the shard index this worker owns.
         device: ``cpu`` or ``cuda``.
+        warm: import what the first training step would, now.
     """
 
-    def __init__(self, shard: int, device: str = "cpu") -> None:
+    def __init__(self, shard: int, device: str = "cpu", warm: bool = False) -> None:
         self.shard = shard
         self.device = device
         self._runs: dict[str, _Run] = {}
         self._parts: dict[str, _Part] = {}  # partition sha256 -> decoded partition
         self._test: dict[str, torch.Tensor] = {}  # test split sha256 -> x
         self._written: Checkpoint | None = None  # the last checkpoint this worker wrote
+        if warm:
+            # torch's optimiser imports its compiler (torch._dynamo, ~2 s) on its first step:
+            # a long-lived worker (a Ray actor, started with the others) pays it now instead
+            importlib.import_module("torch._dynamo")
 
     def pid(self) -> int:
         return os.getpid()
