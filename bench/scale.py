@@ -316,6 +316,32 @@ def ray_vs_plain(work: Path, samples: int) -> dict:
             "in_process_vs_plain": round(best["plain loop"] / best["raysisa --in-process"], 3)}
 
 
+# -- Ray's fixed cost, by part -------------------------------------------------------------
+RAY_COST = """
+import json, time
+started = time.perf_counter()
+import ray
+from raysisa.config import ClusterConfig
+from raysisa.sisa.actors import RayPool
+imported = time.perf_counter()
+ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+initialised = time.perf_counter()
+pool = RayPool(ClusterConfig(), 4)
+pool.start(range(4))
+up = time.perf_counter()
+pool.close()
+ray.shutdown()
+done = time.perf_counter()
+print(json.dumps({"import ray": imported - started, "ray.init (local cluster)": initialised - imported,
+                  "4 shard actors up": up - initialised, "shutdown": done - up}))
+"""
+
+
+def ray_fixed_cost() -> dict:
+    runs = [json.loads(run_python(ROOT, RAY_COST).strip().splitlines()[-1]) for _ in range(2)]
+    return {part: round(min(r[part] for r in runs), 2) for part in runs[0]}
+
+
 # -- one cold unlearn: in this process or on a fresh local Ray ------------------------------
 COLD = """
 import sys, json, time
@@ -405,7 +431,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", default="bc7a9d9", help="git revision to compare with (default: before issue 10)")
     parser.add_argument("--samples", type=int, default=5000, help="CIFAR-10 training samples of the S3 workloads")
-    parser.add_argument("--only", nargs="*", default=["requests", "planning", "training", "cold", "latency"])
+    parser.add_argument("--only", nargs="*", default=["requests", "planning", "training", "raycost", "cold", "latency"])
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
 
@@ -443,6 +469,9 @@ def main() -> None:
         if "training" in args.only:
             results["training"] = ray_vs_plain(work, args.samples)
             print(json.dumps(results["training"]), flush=True)
+        if "raycost" in args.only:
+            results["ray_cost"] = ray_fixed_cost()
+            print(json.dumps(results["ray_cost"]), flush=True)
         if "cold" in args.only:
             results["cold"] = cold_unlearn(work)
             print(json.dumps(results["cold"]), flush=True)
@@ -517,6 +546,11 @@ def render(r: dict) -> str:
             best = min(walls)
             lines.append(f"| {name} | {best:.1f} | {tr['sample_grads'] / best:,.0f} | {plain / best:.2f} |")
         lines.append("")
+    cost = r.get("ray_cost")
+    if cost:
+        parts = ", ".join(f"{part} {seconds:.1f} s" for part, seconds in cost.items())
+        lines += [f"**Ray's fixed cost** in a process that uses it (best of 2): {parts}; {sum(cost.values()):.1f} s in all, "
+                  "which is the gap between Ray one shard at a time and the plain loop above.", ""]
     cold = r.get("cold")
     if cold:
         lines += [
