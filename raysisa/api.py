@@ -105,8 +105,8 @@ def unlearn(
     shards = run.shards_of(wanted)
     if pool is None and (in_process_is_enough(cluster, len(shards)) or not (len(deleting) or run.pending_work(shards=shards))):
         pool = LocalPool()  # one shard's work, or nothing to train: no cluster needed
-    with _pool(pool, cluster, run.store.spec.sharding.num_shards) as shards:
-        return run.unlearn(ids, shards, progress)
+    with _pool(pool, cluster, run.store.spec.sharding.num_shards) as workers:
+        return run.unlearn(ids, workers, progress)
 
 
 def evaluate(

@@ -33,8 +33,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute
 import torch
 from tqdm.auto import tqdm
 
@@ -316,8 +314,7 @@ class SisaRun:
     def shards_of(self, ids: np.ndarray) -> set[int]:
         """Shards that hold (or held, before their deletion) ``ids``."""
         live = take_ids(self.store.read_index(), ids)["shard"].to_numpy()
-        tombstones = self.store.tombstones()
-        gone = tombstones.filter(pa.compute.is_in(tombstones["id"], pa.array(ids, pa.int64())))["shard"].to_numpy()
+        gone = take_ids(self.store.tombstones(), ids)["shard"].to_numpy()
         return {int(k) for k in np.concatenate([live, gone])}
 
     def commit_deletion(self, ids: np.ndarray, reason: str = "unlearn") -> dict[int, int]:

@@ -242,7 +242,8 @@ class ObjectStore:
         self._count("GET")
         try:
             data = self.fs.cat_file(self.path(key))
-            traffic.record(None, read=key, bytes_read=len(data))
+            if traffic.counting():
+                traffic.record(None, read=key, bytes_read=len(data))
             return data
         except FileNotFoundError:
             raise StoreNotFoundError(f"{self.uri(key)} does not exist") from None
