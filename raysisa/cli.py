@@ -321,6 +321,45 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _emit(args, result, result.pop("_lines"))
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from raysisa.tune import load_study, sweep
+
+    study = load_study(args.study)  # every field checked before Ray starts
+    result = sweep(study, args.storage, resume=args.resume, cluster=_cluster(args))
+    _emit(args, {**vars(result)}, _sweep_lines(result.report, result.storage) + [
+        f"{len(result.cells)} cells, {sum(c['trials'] for c in result.cells.values())} trials "
+        f"({sum(c['errors'] for c in result.cells.values())} failed); originals and references: "
+        f"{result.slices_trained} slices trained ({'all reused' if not result.slices_trained else 'trained now'}); {result.seconds:.0f}s"
+    ])
+
+
+def _sweep_lines(summary: dict[str, Any], where: str) -> list[str]:
+    lines = [f"study {summary['study']}: best trial per (method, bits), objective = Avg Gap (TA floor {summary['objective']['ta_floor']:g})"]
+    for name, best in summary["best"].items():
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+        lines.append(f"  {name:<20} objective {best['objective']:.2f}  avg gap {best['avg_gap']:.2f} ± {best['avg_gap_std']:.2f}  TA {best['TA']:.1f}  {params}")
+    lines.append(f"report: {where}/report/ ({', '.join(f.rsplit('/', 1)[-1] for f in summary['files'])})")
+    return lines
+
+
+def cmd_sweep_report(args: argparse.Namespace) -> None:
+    from raysisa.tune import sweep_report
+    from raysisa.tune.paths import SweepPaths
+
+    summaries = sweep_report(args.storage, args.study)
+    lines = []
+    for summary in summaries:
+        paths = SweepPaths.of(args.storage, summary["study"])
+        lines += _sweep_lines(summary, paths.root.split("?", 1)[0])
+        if args.out:
+            out = Path(args.out) / summary["study"]
+            out.mkdir(parents=True, exist_ok=True)
+            for key in summary["files"]:
+                (out / key.rsplit("/", 1)[-1]).write_bytes(paths.files.get_bytes(key))
+            lines.append(f"copied to {out}")
+    _emit(args, {"studies": summaries}, lines)
+
+
 def _quant_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, help="quantization-aware training: weight bits 2, 4, 8 (32 alone = full precision)")
     p.add_argument("--a-bits", type=int, help="activation bits of quantized layers (default 8; 32 = full precision)")
@@ -413,6 +452,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("subjects", "register data-subject keys and the sample ids each owns (keys stored hashed)")
     p.add_argument("--file", required=True, help='JSON object {"subject key": [ids]}')
     p.set_defaults(func=cmd_subjects)
+
+    p = sub.add_parser("sweep", help="Ray Tune sweep of unlearning methods across bit widths (tune_configs/*.yaml)",
+                       description="Run a sweep study: one Tune experiment per (method, bits); --resume continues an interrupted one.")
+    p.add_argument("study", help="study file, e.g. tune_configs/digits.yaml")
+    p.add_argument("--storage", required=True, help="where experiments go: a folder or a Tune URI, e.g. s3://bucket/sweeps?endpoint_override=HOST:PORT&scheme=http")
+    p.add_argument("--resume", action="store_true", help="continue the study at --storage (finished trials are not run again)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local cluster)")
+    p.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="give up connecting to --address after this long (default 30)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("sweep-report", help="regenerate a sweep's tables and plots from its experiments (finished or running)",
+                       description="Regenerate trials.md/.parquet, best.md/.json and the plots of the studies at --storage.")
+    p.add_argument("--storage", required=True, help="the --storage of `raysisa sweep`")
+    p.add_argument("--study", help="one study (default: every study at --storage)")
+    p.add_argument("--out", help="also copy the report files into this local folder")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_sweep_report)
 
     p = command("inspect", "config, shards, slices, checkpoints and model hashes of a run")
     p.add_argument("--no-verify", action="store_true", help="skip checking checkpoint sha256s")

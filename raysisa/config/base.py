@@ -18,13 +18,17 @@ __all__ = ["ConfigModel", "validate", "registered"]
 _INIT_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("raysisa_config_depth", default=0)
 
 
+def _is_field_path(text: str) -> bool:
+    return all(part.isidentifier() or part.isdigit() for part in text.split("."))
+
+
 def _describe(exc: ValidationError, where: str = "") -> str:
     problems = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in (where, *err["loc"]) if p != "")
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "value_error" and ": " in msg and msg.split(": ", 1)[0].isidentifier():
-            field, msg = msg.split(": ", 1)  # a model validator naming the field
+        if err["type"] == "value_error" and ": " in msg and _is_field_path(msg.split(": ", 1)[0]):
+            field, msg = msg.split(": ", 1)  # a model validator naming the field (``a.b.c`` for a nested one)
             loc = f"{loc}.{field}" if loc else field
         got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
         problems.append(f"{loc or 'config'}: {msg}{got}")

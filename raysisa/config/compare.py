@@ -52,12 +52,39 @@ Scenario = Annotated[RandomForget | ClasswiseForget | NonIIDForget | BackdoorFor
 
 
 class PruneConfig(ConfigModel):
-    """Prune first, then unlearn (SPEC 3.2): OMP every shard model to ``sparsity`` (conv
-    weights, global magnitude), then fine-tune the masked model ``epochs`` epochs at ``lr``
-    to recover. Methods keep the pruned weights at zero; the retrain reference trains the
-    same masked architecture from its initial weights."""
+    """Prune first, then unlearn (SPEC 3.2). Every shard model is pruned by one-shot global
+    magnitude pruning (OMP) of its conv weights to ``sparsity``; methods then keep the
+    pruned weights at zero, and the retrain reference trains the same masked architecture
+    from the model's initial weights on the retain data.
+
+    How the pruned model recovers (``mode``):
+
+    - ``rewind`` (the reference, Unlearn-Sparse ``main_imp.py --prune_type rewind_lt
+      --rewind_epoch 8``): the survivors are rewound to their values at the end of epoch
+      ``rewind_epoch`` of the shard's own training (replayed exactly from its initial
+      checkpoint: SISA training is deterministic), and the masked network is retrained with
+      the run's recipe for ``retrain_epochs`` epochs, its LR schedule fast-forwarded by
+      ``rewind_epoch`` epochs and a fresh optimiser. The sparse original then holds no
+      weight trained past the rewind point. Needs ``rewind_epoch < train.epochs`` and
+      ``sharding.num_slices = 1`` (the epochs of a sliced shard see growing data).
+    - ``finetune``: fine-tune the pruned converged model ``epochs`` epochs at ``lr`` (the
+      dense model's memorisation stays in the survivors).
+
+    Args:
+        sparsity: share of conv weights pruned.
+        mode: ``rewind`` or ``finetune``.
+        rewind_epoch: ``rewind``: epochs of the dense training the survivors keep.
+        retrain_epochs: ``rewind``: epochs of masked retraining (``None``: ``train.epochs``,
+            as the reference, whose second pruning state restarts its epoch count while its
+            LR scheduler stays fast-forwarded).
+        epochs: ``finetune``: fine-tuning epochs.
+        lr: ``finetune``: fine-tuning learning rate.
+    """
 
     sparsity: float = Field(0.95, ge=0, lt=1)
+    mode: Literal["rewind", "finetune"] = "rewind"
+    rewind_epoch: int = Field(8, ge=0)
+    retrain_epochs: int | None = Field(None, ge=0, le=100_000)
     epochs: int = Field(5, ge=0, le=10_000)
     lr: float = Field(0.01, gt=0)
 

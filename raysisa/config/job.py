@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from raysisa.config.base import ConfigModel, validate
 from raysisa.config.compare import CompareConfig
@@ -31,6 +31,23 @@ class JobConfig(ConfigModel):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
     coordinator: CoordinatorConfig = Field(default_factory=CoordinatorConfig)
+
+    @model_validator(mode="after")
+    def _prune_fits_the_recipe(self) -> JobConfig:
+        prune = self.compare.prune
+        if prune is None or prune.mode != "rewind":
+            return self
+        if prune.rewind_epoch >= self.train.epochs:
+            raise ValueError(
+                f"compare.prune.rewind_epoch: must be smaller than train.epochs ({self.train.epochs}) to rewind "
+                f"(got {prune.rewind_epoch}); lower it or use compare.prune.mode=finetune"
+            )
+        if self.sharding.num_slices != 1:
+            raise ValueError(
+                f"compare.prune.mode: rewind replays a shard's first epochs, which needs sharding.num_slices = 1 "
+                f"(got {self.sharding.num_slices}); use compare.prune.mode=finetune for sliced shards"
+            )
+        return self
 
     @property
     def spec(self) -> RunSpec:

@@ -11,6 +11,10 @@ For each seed: draw the forget set; train (or reuse, thanks to content-addressed
 checkpoints) the retrain reference; apply every method to the affected shard models
 (forget = U ∩ D_k, retain = D_k \\ U); score original, retrain and every method on the
 same sets; report each metric's gap to retrain. The stored original is never modified.
+
+With ``compare.prune`` (prune first, SPEC 3.2) every method starts from the pruned original
+(OMP, then rewind-and-retrain by default) and keeps its pruned weights at zero, and the
+reference is the same masked architecture trained from the initial weights on the retain set.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from raysisa.sisa.cost import first_slices
 from raysisa.sisa.pool import ShardPool
 from raysisa.sisa.run import SisaRun
 from raysisa.sisa.shard import model_tensors, shard_refs
-from raysisa.sisa.tasks import ApplyUpdate, MethodCall
+from raysisa.sisa.tasks import ApplyUpdate, MethodCall, RewindRetrain
 from raysisa.store import ObjectStore
 from raysisa.methods import UnlearnMethod, get_method, list_methods, omp_prune
 from raysisa.methods.masks import sparsity
@@ -100,26 +104,34 @@ def _sisa_retrain_seconds(reference: SisaRun, first_slice: dict[int, int]) -> fl
 
 
 def _prune_first(original: SisaRun, prune: PruneConfig, states: list[State], pool: ShardPool) -> tuple[list[State], list[State], float]:
-    """OMP every shard model, then fine-tune it with the mask on its own data to recover."""
+    """OMP every converged shard model (global magnitude over its conv weights), then recover
+    it with the mask held: ``rewind`` (the reference) rewinds the survivors to the end of
+    epoch ``prune.rewind_epoch`` of the shard's training and retrains with the run's recipe,
+    LR schedule fast-forwarded; ``finetune`` fine-tunes the pruned converged model."""
     started = time.perf_counter()
-    masks = []
-    recover = get_method("finetune", {"epochs": prune.epochs, "lr": prune.lr, "batch_size": original.store.spec.train.batch_size})
-    handles = []
+    spec = original.store.spec
+    recover = get_method("finetune", {"epochs": prune.epochs, "lr": prune.lr, "batch_size": spec.train.batch_size})
+    retrain_epochs = spec.train.epochs if prune.retrain_epochs is None else prune.retrain_epochs
+    masks, handles = [], []
     for shard, state in enumerate(states):
-        model_state = {k: v.clone() for k, v in state.items()}
-        model = build_model(original.store.info, original.store.spec.model)
-        model.load_state_dict(model_state)
+        model = build_model(original.store.info, spec.model)
+        model.load_state_dict({k: v.clone() for k, v in state.items()})
         mask = omp_prune(model, prune.sparsity)
         masks.append(mask)
-        task = ApplyUpdate(original.at(), MethodCall.of(recover), np.zeros(0, np.int64), 0, base=model.state_dict(), prune_mask=mask)
+        if prune.mode == "rewind":
+            task = RewindRetrain(original.at(), mask, prune.rewind_epoch, retrain_epochs)
+        else:
+            task = ApplyUpdate(original.at(), MethodCall.of(recover), np.zeros(0, np.int64), 0, base=model.state_dict(), prune_mask=mask)
         handles.append(pool.submit(shard, task))
-    pruned = [pool.result(h).tensors for h in handles]
+    results = [pool.result(h) for h in handles]
+    pruned = results if prune.mode == "rewind" else [r.tensors for r in results]
     return pruned, masks, time.perf_counter() - started
 
 
 def _masked_retrain(original: SisaRun, forget: np.ndarray, masks: list[State], pool: ShardPool, seed: int) -> tuple[dict[int, State], float]:
     """The prune-first reference: the masked architecture trained from each affected shard's
-    initial weights on its retain data, with the run's own recipe (no slicing)."""
+    initial weights (slice 0, pruned weights zeroed) on its retain data, with the run's own
+    recipe (no slicing), as the reference retrains the masked network from an init on D_r."""
     train = original.store.spec.train
     recipe = get_method(
         "finetune",

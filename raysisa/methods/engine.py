@@ -9,6 +9,7 @@ the same inputs produces bit-identical weights on the same hardware.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from raysisa.data.samples import DatasetInfo
 from raysisa.methods.base import Need, Split, UnlearnContext, UnlearnMethod
 from raysisa.methods.masks import MaskHook
 
-__all__ = ["UnlearnOutcome", "run_method", "cosine_lr", "make_context"]
+__all__ = ["UnlearnOutcome", "run_method", "iterate_method", "cosine_lr", "make_context"]
 
 
 @dataclass
@@ -56,6 +57,22 @@ def run_method(method: UnlearnMethod, ctx: UnlearnContext) -> UnlearnOutcome:
     Raises:
         ConfigError: ``method`` retrains exactly (use the SISA path for it).
     """
+    outcome = None
+    for outcome in iterate_method(method, ctx):  # noqa: B007 - the last one is the result
+        pass
+    assert outcome is not None  # the generator always yields at least once
+    return outcome
+
+
+def iterate_method(method: UnlearnMethod, ctx: UnlearnContext) -> Iterator[UnlearnOutcome]:
+    """:func:`run_method` one step at a time: yields the outcome so far after ``prepare``
+    (``outcome.epochs == 0``) and after every epoch, with ``ctx.model`` holding the weights
+    of that moment (a Tune trial scores them and reports once per epoch). The model is left
+    in eval mode after the last step.
+
+    Raises:
+        ConfigError: ``method`` retrains exactly (use the SISA path for it).
+    """
     if method.retrains:
         raise ConfigError(f"method {method.name!r} retrains exactly; run it through the SISA path (SisaRun.unlearn)")
     args = method.args
@@ -69,42 +86,49 @@ def run_method(method: UnlearnMethod, ctx: UnlearnContext) -> UnlearnOutcome:
     if prune:
         prune.apply()  # a one-shot update in prepare() must not revive pruned weights
     outcome.setup_seconds = time.perf_counter() - started
-
-    started = time.perf_counter()
-    if args.epochs:
-        hooks = [*method.hooks(ctx), *([prune] if prune else [])]
-        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-        augment = ctx.augment if args.augment is None else args.augment
-        losses: list[float] = []
-        for epoch in range(args.epochs):
-            lr = args.lr if args.schedule == "constant" else cosine_lr(args.lr, args.eta_min_ratio * args.lr, epoch, args.epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            seen, total = 0, 0.0
-            for index, phase in enumerate(method.phases(ctx, epoch)):
-                stats = train_epoch(
-                    model,
-                    optimizer,
-                    phase.x,
-                    phase.y,
-                    batch_size=args.batch_size,
-                    seed=derive_seed(ctx.seed, epoch + 1, index),
-                    augment=augment,
-                    loss_fn=phase.loss,
-                    hooks=hooks,
-                    device=ctx.device,
-                    extra=phase.extra,
-                )
-                outcome.steps += stats.batches
-                seen, total = seen + stats.samples, total + stats.loss_sum
-            losses.append(total / max(seen, 1))
-            outcome.epochs = epoch + 1
-            if method.converged(epoch, losses):
-                break
-    model.eval()
-    outcome.unlearn_seconds = time.perf_counter() - started
     outcome.notes = dict(ctx.notes)
-    return outcome
+    if not args.epochs:
+        model.eval()
+    yield outcome
+    if not args.epochs:
+        return
+
+    hooks = [*method.hooks(ctx), *([prune] if prune else [])]
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    augment = ctx.augment if args.augment is None else args.augment
+    losses: list[float] = []
+    for epoch in range(args.epochs):
+        started = time.perf_counter()
+        lr = args.lr if args.schedule == "constant" else cosine_lr(args.lr, args.eta_min_ratio * args.lr, epoch, args.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        seen, total = 0, 0.0
+        for index, phase in enumerate(method.phases(ctx, epoch)):
+            stats = train_epoch(
+                model,
+                optimizer,
+                phase.x,
+                phase.y,
+                batch_size=args.batch_size,
+                seed=derive_seed(ctx.seed, epoch + 1, index),
+                augment=augment,
+                loss_fn=phase.loss,
+                hooks=hooks,
+                device=ctx.device,
+                extra=phase.extra,
+            )
+            outcome.steps += stats.batches
+            seen, total = seen + stats.samples, total + stats.loss_sum
+        losses.append(total / max(seen, 1))
+        outcome.epochs = epoch + 1
+        outcome.notes = dict(ctx.notes)
+        last = epoch + 1 == args.epochs or method.converged(epoch, losses)
+        if last:
+            model.eval()
+        outcome.unlearn_seconds += time.perf_counter() - started
+        yield outcome
+        if last:
+            return
 
 
 def make_context(

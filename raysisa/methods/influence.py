@@ -1,4 +1,4 @@
-"""IU — influence unlearning with a WoodFisher-style inverse Hessian (SPEC 3.3).
+"""IU — influence unlearning with a damped empirical-Fisher inverse Hessian (SPEC 3.3).
 
 At the trained weights θ_o (eval mode):
 
@@ -8,9 +8,16 @@ At the trained weights θ_o (eval mode):
 H is the damped empirical Fisher of ``samples`` retain examples,
 H = λI + (1/n)·Σ g_i g_iᵀ, inverted exactly on that rank-n subspace with the Woodbury
 identity: H⁻¹v = (v − Gᵀ(nλI + GGᵀ)⁻¹Gv)/λ, with G the n x P matrix of per-sample
-gradients. The reference code instead runs an O(P)-memory rank-one recursion that only
-approximates this; raysisa computes the same estimator exactly on n samples (memory
-n x P floats: keep ``samples`` small for large models).
+gradients (memory n x P floats: keep ``samples`` small for large models).
+
+This is not the reference's estimator. The reference (Unlearn-Sparse/SalUn ``Wfisher``)
+runs WoodFisher's O(P)-memory rank-one recursion over about 1,000 per-sample retain
+gradients (batch 1) with damping N = 1000, which only approximates an inverse of a
+differently scaled and damped Fisher. The size of H⁻¹v therefore differs from the
+reference's by a factor that depends on the model and data, so α values from the papers
+(e.g. DEL's 42,000 for CIFAR-10, SPEC 5.4) do not transfer: α (and ``damping``) must come
+from a sweep against retraining on the setting at hand (``raysisa sweep``). The default
+α = 1 is only a starting point; ``notes["step_norm"]`` reports the size of the step taken.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from raysisa.methods.base import Need, OptimArgs, Split, UnlearnContext, Unlearn
 
 class InfluenceArgs(OptimArgs):
     """Args:
-    alpha: scale of the Newton step (tuned per setting, SPEC 3.3/5.4).
+    alpha: scale of the Newton step. Papers' values do not transfer (see the module
+        docstring): tune it with a sweep.
     damping: λ of the damped Fisher.
     samples: retain examples in the Fisher estimate.
     """

@@ -19,7 +19,7 @@ import os
 import time
 from importlib.metadata import version
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,12 +29,13 @@ from raysisa.config import RunSpec, StoreConfig, slice_epochs
 from raysisa.crashpoints import crash_point
 from raysisa.data.samples import DatasetInfo
 from raysisa.data.tensors import to_tensors
-from raysisa.errors import StoreError
+from raysisa.errors import ConfigError, StoreError
 from raysisa.models import build_model
 from raysisa.store import Checkpoint, CheckpointRef, RunStore, slice_keys, tensors_sha256
-from raysisa.sisa.tasks import ApplyUpdate, Predict, RunAt, ShardTask, SliceReport, TrainSlice, UpdateResult
+from raysisa.sisa.tasks import ApplyUpdate, Predict, RewindRetrain, RunAt, ShardTask, SliceReport, TrainSlice, UpdateResult
 from raysisa.store.run import parquet_table
 from raysisa.training import (
+    EpochStats,
     build_optimizer,
     configure_torch,
     derive_seed,
@@ -44,6 +45,9 @@ from raysisa.training import (
     predict_proba,
     train_epoch,
 )
+
+if TYPE_CHECKING:
+    from raysisa.methods.base import UnlearnContext, UnlearnMethod
 
 __all__ = ["ShardWorker", "shard_refs", "load_model", "model_tensors"]
 
@@ -130,6 +134,8 @@ class ShardWorker:
                 return self._apply_update(task)
             case Predict():
                 return self._predict(task)
+            case RewindRetrain():
+                return self._rewind_retrain(task)
         raise TypeError(f"not a shard task: {type(task).__name__}")
 
     def _run(self, at: RunAt) -> _Run:
@@ -218,18 +224,7 @@ class ShardWorker:
         started, cpu_started = time.perf_counter(), time.process_time()
         loss_sum, seen = 0.0, 0
         for epoch in range(plan[r - 1]):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(spec.train, offset + epoch, spec.train.epochs)
-            stats = train_epoch(
-                model,
-                optimizer,
-                x,
-                y,
-                batch_size=spec.train.batch_size,
-                seed=derive_seed(spec.train.seed, self.shard, r, epoch),
-                augment=spec.train.augment,
-                device=self.device,
-            )
+            stats = self._epoch(run, model, optimizer, x, y, r, epoch, offset + epoch)
             loss_sum, seen = loss_sum + stats.loss_sum, seen + stats.samples
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
 
@@ -252,6 +247,27 @@ class ShardWorker:
             self.shard, r, refs[r].key, True, plan[r - 1], len(x), plan[r - 1] * len(x), seconds, loss_sum / max(seen, 1)
         )
 
+    def _epoch(
+        self, run: _Run, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+        r: int, epoch: int, position: int, hooks: tuple = (),
+    ) -> EpochStats:
+        """Epoch ``epoch`` of slice ``r`` of the run's recipe, at LR-schedule position
+        ``position`` (the shard's global epoch)."""
+        train = run.spec.train
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(train, position, train.epochs)
+        return train_epoch(
+            model,
+            optimizer,
+            x,
+            y,
+            batch_size=train.batch_size,
+            seed=derive_seed(train.seed, self.shard, r, epoch),
+            augment=train.augment,
+            hooks=hooks,
+            device=self.device,
+        )
+
     def _manifest(self, run: _Run, ref: CheckpointRef, lineage: list, tensors: dict, extra: dict) -> dict[str, Any]:
         return {
             "fingerprint": run.fingerprint,
@@ -265,9 +281,19 @@ class ShardWorker:
     def _apply_update(self, task: ApplyUpdate) -> UpdateResult:
         """Apply an approximate unlearning method to this shard's model; the stored
         checkpoints are not touched."""
+        from raysisa.methods.engine import run_method
+
+        unlearner, ctx = self.update_context(task)
+        outcome = run_method(unlearner, ctx)
+        return UpdateResult({k: v.detach().cpu() for k, v in ctx.model.state_dict().items()}, outcome)
+
+    def update_context(self, task: ApplyUpdate) -> tuple[UnlearnMethod, UnlearnContext]:
+        """The method of ``task`` and its context (this shard's model, forget and retain
+        splits), ready for :func:`~raysisa.methods.engine.run_method` or, one epoch at a
+        time, :func:`~raysisa.methods.engine.iterate_method` (a Tune trial's path)."""
         from raysisa.methods import get_method
         from raysisa.methods.base import Need
-        from raysisa.methods.engine import make_context, run_method
+        from raysisa.methods.engine import make_context
 
         run = self._run(task.run)
         parts, refs = self._slices(run)
@@ -295,8 +321,35 @@ class ShardWorker:
             augment=run.spec.train.augment,
             device=self.device,
         )
-        outcome = run_method(unlearner, ctx)
-        return UpdateResult({k: v.detach().cpu() for k, v in model.state_dict().items()}, outcome)
+        return unlearner, ctx
+
+    # -- RewindRetrain ----------------------------------------------------------------------
+    def _rewind_retrain(self, task: RewindRetrain) -> dict[str, torch.Tensor]:
+        """Prune-first's OMP recovery (see :class:`RewindRetrain`); the store is not touched."""
+        from raysisa.methods.masks import MaskHook
+
+        run = self._run(task.run)
+        if run.spec.sharding.num_slices != 1:
+            raise ConfigError(f"rewinding needs one slice per shard; the run at {run.store.uri} has {run.spec.sharding.num_slices}")
+        if task.rewind_epoch >= run.spec.train.epochs:
+            raise ConfigError(f"rewind epoch {task.rewind_epoch} is not before the end of the run's {run.spec.train.epochs} epochs")
+        parts, refs = self._slices(run)
+        x, y = parts[0].x, parts[0].y
+        model = build_model(run.info, run.spec.model)
+        model.load_state_dict(model_tensors(run.store.checkpoints.get(refs[0]).tensors), strict=True)
+        model.to(self.device)
+        optimizer = build_optimizer(model, run.spec.train)  # slice 1 starts with a fresh one, as here
+        for epoch in range(task.rewind_epoch):  # the shard's own first epochs, replayed exactly
+            self._epoch(run, model, optimizer, x, y, 1, epoch, epoch)
+        zeros = {name: torch.zeros_like(keep, dtype=torch.float32) for name, keep in task.mask.items()}
+        hook = MaskHook(model, task.mask, zeros)
+        hook.apply()  # the survivors keep their rewind-epoch values, the rest is zero
+        optimizer = build_optimizer(model, run.spec.train)  # the reference builds a new SGD after rewinding
+        for step in range(task.epochs):
+            position = task.rewind_epoch + step  # the LR schedule fast-forwarded by the rewind
+            self._epoch(run, model, optimizer, x, y, 1, position, position, hooks=(hook,))
+        model.eval()
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
     # -- Predict ---------------------------------------------------------------------------
     def _predict(self, task: Predict) -> torch.Tensor:

@@ -8,7 +8,9 @@ with :meth:`raysisa.sisa.shard.ShardWorker.run`, which dispatches on the task's 
   shard's current data exists, training it from checkpoint ``slice - 1`` if not;
 - :class:`ApplyUpdate` -> :class:`UpdateResult`: run an approximate unlearning method on
   the shard's model and return the new weights (the store is not touched);
-- :class:`Predict` -> a tensor of softmax probabilities of one of the shard's models.
+- :class:`Predict` -> a tensor of softmax probabilities of one of the shard's models;
+- :class:`RewindRetrain` -> the weights of the shard's model pruned by a mask, rewound to
+  an early epoch of its training and retrained (prune-first's OMP; the store is not touched).
 
 Tasks are frozen values, pickled to Ray actors as they are. Each names the run and the
 committed version it is about (:class:`RunAt`), so one worker can serve several runs and
@@ -33,6 +35,7 @@ __all__ = [
     "TrainSlice",
     "ApplyUpdate",
     "Predict",
+    "RewindRetrain",
     "ShardTask",
     "SliceReport",
     "UpdateResult",
@@ -103,7 +106,22 @@ class Predict:
     x: torch.Tensor | None = None
 
 
-ShardTask = TrainSlice | ApplyUpdate | Predict
+@dataclass(frozen=True)
+class RewindRetrain:
+    """OMP's rewind-and-retrain (Unlearn-Sparse ``rewind_lt``) on the shard's own data and
+    recipe: replay epochs 0..``rewind_epoch``-1 of the shard's training from its initial
+    checkpoint (bit-identical on CPU), zero the weights outside ``mask``, then train
+    ``epochs`` epochs with a fresh optimiser, the LR schedule at epochs ``rewind_epoch``,
+    ``rewind_epoch`` + 1, ... and the pruned weights held at zero. Returns the state dict.
+    Needs a run of one slice per shard."""
+
+    run: RunAt
+    mask: State
+    rewind_epoch: int
+    epochs: int
+
+
+ShardTask = TrainSlice | ApplyUpdate | Predict | RewindRetrain
 
 
 @dataclass(frozen=True)

@@ -301,6 +301,19 @@ class ObjectStore:
         start = len(self.root) + 1
         return [p[start:] for p in found if p.startswith(self.root + "/")]
 
+    def glob(self, pattern: str) -> list[str]:
+        """Keys matching ``pattern`` (``*`` within one path segment), sorted: e.g.
+        ``*/study.json`` without listing everything below."""
+        self._count("LIST")
+        try:
+            found = self.fs.glob(self.path(pattern))
+        except FileNotFoundError:
+            return []
+        except _FOREIGN as exc:
+            raise _translate(exc, f"cannot list {self.uri(pattern)}") from None
+        start = len(self.root) + 1
+        return sorted(p[start:] for p in found if p.startswith(self.root + "/"))
+
     def list(self, prefix: str = "") -> list[str]:
         """Every object key under ``prefix`` (recursively), sorted; temporary files excluded."""
         return sorted(k for k in self._find(prefix) if ".tmp-" not in k.rsplit("/", 1)[-1])

@@ -4,6 +4,7 @@ import io
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 from raysisa import LocalPool, StoreConfig, parse_config
@@ -56,14 +57,96 @@ def test_ensemble_backdoor_cleanse(tmp_path):
     assert rows["finetune"].shards_updated == [0, 1]
 
 
-def test_prune_first_keeps_sparsity(tmp_path):
+@pytest.mark.parametrize("mode", ["rewind", "finetune"])
+def test_prune_first_keeps_sparsity(tmp_path, mode):
+    prune = ["compare.prune.sparsity=0.7", f"compare.prune.mode={mode}", "compare.prune.epochs=1",
+             "compare.prune.rewind_epoch=2", "compare.prune.retrain_epochs=2"]
     job = parse_config({}, [*SINGLE, "compare.scenario.kind=random", "compare.scenario.fraction=0.1", "compare.methods=[finetune]",
-                           "compare.prune.sparsity=0.7", "compare.prune.epochs=1", QUICK])
+                           *prune, QUICK])
     report = compare(job, StoreConfig(uri=str(tmp_path)), LocalPool())
     assert [r.method for r in report.results] == ["original", "retrain", "finetune"]
-    assert report.results[0].args["prune"]["sparsity"] == 0.7
-    # the sparse original, the masked retrain and the unlearned model all keep 70% zeros
-    assert all(r.notes["conv_sparsity"] >= 0.7 for r in report.results)
+    assert report.results[0].args["prune"]["sparsity"] == 0.7 and report.results[0].args["prune"]["mode"] == mode
+    assert report.results[0].notes["prune_seconds"] > 0
+    # the sparse original has the configured sparsity; the masked retrain and the unlearned model keep 70% zeros
+    assert report.results[0].notes["conv_sparsity"] == pytest.approx(0.7, abs=1e-3)
+    assert all(r.notes["conv_sparsity"] >= 0.7 - 1e-3 for r in report.results)
+
+
+PRUNE_RUN = ["data.limit=200", "model.width=4", "train.batch_size=32", "sharding.num_shards=1", "sharding.num_slices=1"]
+
+
+def _trained(tmp_path, name, overrides):
+    from raysisa.sisa.run import SisaRun
+
+    run = SisaRun.create(parse_config({}, [*PRUNE_RUN, *overrides]).spec, StoreConfig(uri=str(tmp_path / name)))
+    run.train(LocalPool())
+    return run
+
+
+def _rewind(run, mask, rewind_epoch, epochs):
+    from raysisa.sisa.tasks import RewindRetrain
+
+    pool = LocalPool()
+    return pool.result(pool.submit(0, RewindRetrain(run.at(), mask, rewind_epoch, epochs)))
+
+
+def _pruned_mask(run, sparsity):
+    from raysisa.evaluation.evaluator import load_states
+    from raysisa.methods import omp_prune
+    from raysisa.models import build_model
+
+    model = build_model(run.store.info, run.store.spec.model)
+    model.load_state_dict(load_states(run)[0])
+    return omp_prune(model, sparsity)
+
+
+def test_rewind_gives_the_survivors_their_rewind_epoch_weights(tmp_path):
+    """Unlearn-Sparse's rewind_lt: the survivors restart from the end of epoch 2 of the dense
+    training, the weights a separate run of 2 epochs ends with (constant LR)."""
+    from raysisa.evaluation.evaluator import load_states
+
+    dense = _trained(tmp_path, "dense", ["train.epochs=5"])
+    early = load_states(_trained(tmp_path, "early", ["train.epochs=2"]))[0]
+    mask = _pruned_mask(dense, 0.8)
+    rewound = _rewind(dense, mask, 2, 0)
+    for name, value in rewound.items():
+        if name in mask:
+            assert torch.equal(value[mask[name]], early[name][mask[name]]) and (value[~mask[name]] == 0).all()
+        else:  # BatchNorm statistics, biases, the classifier: their epoch-2 values
+            assert torch.equal(value, early[name]), name
+    assert not any(torch.equal(early[n], load_states(dense)[0][n]) for n in mask)  # epoch 2 is not the converged model
+
+    retrained = _rewind(dense, mask, 2, 3)
+    assert all((retrained[n][~mask[n]] == 0).all() for n in mask)  # pruned weights stay zero through retraining
+    assert all(not torch.equal(retrained[n], rewound[n]) for n in mask)  # the survivors trained
+    conv = torch.cat([retrained[n].flatten() for n in mask])  # the mask names every conv weight
+    assert int((conv == 0).sum()) == round(0.8 * conv.numel())  # exactly the configured sparsity
+
+
+def test_rewind_fast_forwards_the_lr_schedule(tmp_path):
+    """Without pruning or momentum (no optimiser state to reset), rewinding to epoch 2 and
+    retraining the last 3 epochs of a cosine schedule ends exactly where the dense run did:
+    the retraining epochs reuse the schedule's positions 2..4 (and the run's seeds)."""
+    from raysisa.evaluation.evaluator import load_states
+
+    dense = _trained(tmp_path, "dense", ["train.epochs=5", "train.lr_schedule=cosine", "train.momentum=0"])
+    final = load_states(dense)[0]
+    replayed = _rewind(dense, _pruned_mask(dense, 0.0), 2, 3)
+    assert all(torch.equal(replayed[k], final[k]) for k in final)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["train.epochs=8"], "compare.prune.rewind_epoch: must be smaller than train.epochs \\(8\\)"),
+        (["train.epochs=10", "compare.prune.rewind_epoch=10"], "compare.prune.rewind_epoch: must be smaller"),
+        (["train.epochs=10", "sharding.num_slices=2"], "compare.prune.mode: rewind .* needs sharding.num_slices = 1"),
+    ],
+)
+def test_rewind_settings_the_run_cannot_support_are_clear_errors(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        parse_config({}, [*BASE, "compare.prune.sparsity=0.5", *overrides])
+    parse_config({}, [*BASE, "compare.prune.sparsity=0.5", "compare.prune.mode=finetune", *overrides])  # fine-tuning needs neither
 
 
 @pytest.mark.parametrize(

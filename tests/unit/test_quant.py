@@ -169,16 +169,59 @@ def test_agr_weights_hand_computed():
     assert agr_weights(0.0, 0.0) == (0.5, 0.5)
 
 
-def test_gradient_norm_measurement_runs_in_eval_mode_without_touching_bn():
+def _bn_buffers(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def test_gradient_norm_measurement_in_eval_mode_leaves_bn_untouched():
     torch.manual_seed(0)
     model = build_model(INFO, ModelConfig(width=8)).train()
     buffers = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.randn(20, 3, 16, 16), torch.randint(0, 10, (20,))
-    tensor_sum = mean_gradient_norm(model, x, y, batch_size=10)
-    global_l2 = mean_gradient_norm(model, x, y, batch_size=10, norm="global_l2")
+    tensor_sum = mean_gradient_norm(model, x, y, batch_size=10, mode="eval")
+    global_l2 = mean_gradient_norm(model, x, y, batch_size=10, norm="global_l2", mode="eval")
     assert tensor_sum >= global_l2 > 0  # a sum of per-tensor norms bounds the global norm
     assert model.training and all(torch.equal(buffers[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_gradient_norm_measurement_in_train_mode_uses_and_updates_bn_statistics():
+    """The reference measures after ``model.train()``: batch statistics, running stats updated."""
+    torch.manual_seed(0)
+    model = build_model(INFO, ModelConfig(width=8)).eval()
+    x, y = torch.randn(20, 3, 16, 16) * 3 + 1, torch.randint(0, 10, (20,))  # far from the initial running stats
+    bn = _bn_buffers(model)
+    params = {k: v.clone() for k, v in model.named_parameters()}
+    in_eval = mean_gradient_norm(model, x, y, batch_size=10, mode="eval")
+    assert all(torch.equal(bn[k], v) for k, v in _bn_buffers(model).items())
+    in_train = mean_gradient_norm(model, x, y, batch_size=10)  # the default: train mode
+    after = _bn_buffers(model)
+    moved = [k for k in bn if "running_mean" in k and not torch.equal(bn[k], after[k])]
+    assert moved and len(moved) == sum("running_mean" in k for k in bn)  # every BatchNorm layer moved
+    assert all(int(after[k]) == int(bn[k]) + 2 for k in bn if "num_batches" in k)  # one update per measured batch
+    assert not math.isclose(in_train, in_eval, rel_tol=1e-3)  # batch statistics give other gradients
+    assert not model.training  # the caller's mode is restored
+    assert all(torch.equal(params[k], v) for k, v in model.named_parameters())  # no optimiser step
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_qmul_agr_mode_decides_whether_measurement_moves_bn():
+    from raysisa.methods import get_method
+    from raysisa.methods.engine import make_context
+
+    x, y, ids = torch.randn(24, 3, 16, 16) * 2, torch.randint(0, 10, (24,)), np.arange(24)
+    moved = {}
+    for mode in ("train", "eval"):
+        torch.manual_seed(0)
+        model = build_model(INFO, ModelConfig(width=8))
+        method = get_method("qmul", {"epochs": 1, "batch_size": 8, "agr_mode": mode})
+        ctx = make_context(method, model, INFO, ModelConfig(width=8), 0, x=x, y=y, ids=ids, forget_ids=ids[:6])
+        method.prepare(ctx)
+        bn = _bn_buffers(model)
+        method.phases(ctx, 0)  # the AGR measurement only: no training pass runs here
+        moved[mode] = any(not torch.equal(bn[k], v) for k, v in _bn_buffers(model).items())
+    assert get_method("qmul").args.agr_mode == "train"
+    assert moved == {"train": True, "eval": False}
 
 
 def test_quantized_model_trains_in_the_shared_loop():

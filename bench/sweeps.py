@@ -1,0 +1,111 @@
+"""The mission's sweep studies on the shared CIFAR-10 copy: run them (or read finished ones)
+and write the best trial per (method, bits) into BENCHMARKS.md, with the plots.
+
+    .venv/bin/python bench/sweeps.py                                  # the three CIFAR-10 studies
+    .venv/bin/python bench/sweeps.py --studies qmul-cifar10 --storage ./sweeps
+    .venv/bin/python bench/sweeps.py --report-only                    # reread a finished storage
+
+Every trial of a study starts from the same stored original of its bit width and is scored
+against the same retrained reference (trained once, shared by the three studies), so the
+rows of one bit width are comparable. The table is the study's ``best.json``; the plots are
+copied to ``bench/results/sweep_<study>_*.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.report import write_section  # noqa: E402
+
+STUDIES = ("qmul-cifar10", "del-cifar10", "l1-sparse-cifar10")
+
+
+def _label(bits: int) -> str:
+    return "FP" if bits == 32 else f"W{bits}"
+
+
+def _params(params: dict) -> str:
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(params.items()))
+
+
+def _section(summary: dict, study, seconds: float | None) -> str:
+    best = summary["best"]
+    lines = [
+        f"### {summary['study']}",
+        "",
+        f"{study.description} {summary['trials']} trials ({summary['errors']} failed); "
+        f"{study.trials} per (method, bits), {study.search.algorithm} search, {study.scheduler.kind} scheduler; "
+        f"objective: Avg Gap to the retrained reference at the same bit width, TA floor {study.objective.ta_floor:g}."
+        + (f" Wall time {seconds / 60:.0f} min." if seconds else ""),
+        "",
+        "| method | bits | Avg Gap | UA | RA | TA | MIA-Eff. | RTE s | retrain s | epochs run | best hyperparameters |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cell in study.cells():
+        row = best.get(cell.name)
+        if row is None:
+            lines.append(f"| {cell.method} | {_label(cell.bits)} | no finished trial | | | | | | | | |")
+            continue
+        lines.append(
+            f"| {cell.method} | {_label(cell.bits)} | {row['avg_gap']:.2f} | {row['UA']:.2f} | {row['RA']:.2f} | {row['TA']:.2f} | "
+            f"{row['MIA']:.2f} | {row['rte_seconds']:.1f} | {row['retrain_seconds']:.1f} | {row['epochs_run']} | {_params(row['params'])} |"
+        )
+    name = summary["study"]
+    lines += ["", f"![Avg Gap against bit width](bench/results/sweep_{name}_gap_vs_bits.png)",
+              f"![Avg Gap against RTE](bench/results/sweep_{name}_gap_vs_rte.png)"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--studies", default=",".join(STUDIES))
+    parser.add_argument("--storage", default=str(ROOT / "sweeps"), help="sweep storage (default ./sweeps, git-ignored)")
+    parser.add_argument("--report-only", action="store_true", help="do not run: read the studies' reports")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from raysisa.tune import load_study, sweep, sweep_report
+    from raysisa.tune.paths import SweepPaths
+
+    names = [n for n in args.studies.split(",") if n]
+    sections, seconds = [], {}
+    out = ROOT / "bench" / "results"
+    for name in names:
+        study = load_study(ROOT / "tune_configs" / f"{name}.yaml")
+        paths = SweepPaths.of(args.storage, study.name)
+        if not args.report_only:
+            started = time.perf_counter()
+            result = sweep(study, args.storage, resume=paths.files.exists("study.json"))
+            seconds[name] = time.perf_counter() - started
+            print(f"{name}: {result.cells} in {seconds[name]:.0f}s", flush=True)
+        summary = sweep_report(args.storage, study.name)[0]
+        for plot in ("gap_vs_bits.png", "gap_vs_rte.png"):
+            (out / f"sweep_{name}_{plot}").write_bytes(paths.files.get_bytes(f"report/{plot}"))
+        (out / f"sweep_{name}.json").write_text(json.dumps(summary, indent=1, default=float))
+        sections.append(_section(summary, study, seconds.get(name)))
+    import torch
+
+    meta = (
+        f"Run {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({platform.machine()}, CPU, torch {torch.__version__}); "
+        f"`python bench/sweeps.py {' '.join(sys.argv[1:])}`. Each study is `tune_configs/<study>.yaml`: the bench recipe of "
+        "`bench/quantized_unlearning.py` (CIFAR-10 subset 5000/1000, `small_cnn` width 16, LSQ QAT, 30 epochs), random 10% "
+        "forgetting, one Tune experiment per (method, bits). Rows are each cell's best trial (its last report: an ASHA-stopped "
+        "trial reports the epochs it ran)."
+    )
+    body = meta + "\n\n" + "\n\n".join(sections)
+    print(body)
+    if not args.no_write:
+        write_section(ROOT / "BENCHMARKS.md", "sweeps", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""``raysisa sweep``: a study as Ray Tune experiments, one per (method, bits) cell.
+
+Layout under ``--storage`` (a folder, or any URI Ray Tune accepts, e.g.
+``s3://bucket/sweeps?endpoint_override=127.0.0.1:9000&scheme=http``)::
+
+    <study>/study.json            the validated study (a resume must match it)
+    <study>/prepared.json         where each (bits, seed)'s original and reference live
+    <study>/<method>-w<bits>/     one Tune experiment per cell (Tune's own layout)
+    <study>/report/               trials.md, trials.parquet, best.md, best.json, *.png
+    models/                       originals and references (shared by every study here)
+
+A cell is independent of the others: its search algorithm and scheduler see only its own
+trials (ASHA would otherwise stop one method for being worse than another), and a resumed
+sweep restores each cell with ``Tuner.restore``: finished trials are not run again, and a
+cell that finished is only read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from raysisa.config import ClusterConfig, StoreConfig
+from raysisa.errors import ConfigError
+from raysisa.tune.artifacts import Prepared, prepare
+from raysisa.tune.paths import SweepPaths
+from raysisa.tune.spec import Cell, StudySpec
+from raysisa.tune.trial import TrialSetup, run_trial
+
+__all__ = ["SweepResult", "sweep", "cell_tuner"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did: per cell, its trials' outcome counts; the report's location."""
+
+    study: str
+    storage: str
+    cells: dict[str, dict[str, int]] = field(default_factory=dict)
+    slices_trained: int = 0  # originals and references trained by this sweep
+    report: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _check_study(paths: SweepPaths, study: StudySpec, resume: bool) -> None:
+    files = paths.files
+    stored = files.get_json("study.json") if files.exists("study.json") else None
+    if stored is None:
+        if resume:
+            log.info("nothing to resume at %s: starting the study", paths.root)
+        files.put_json("study.json", study.to_dict())
+        return
+    if stored != study.to_dict():
+        raise ConfigError(
+            f"the study at {paths.root} was started from a different spec; use another --storage or study name "
+            "(a resumed study must be the same file)"
+        )
+    if not resume:
+        raise ConfigError(f"study {study.name!r} already exists at {paths.root}; pass --resume to continue it")
+
+
+def _prepare_all(study: StudySpec, models: StoreConfig) -> list[Prepared]:
+    """Every (bits, seed)'s original and reference, as parallel Ray tasks with a trial's resources."""
+    import ray
+
+    resources = study.resources
+    task = ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu, max_retries=1)(prepare)
+    refs = [task.remote(study, bits, seed, models) for bits in study.quantization.bits for seed in study.scenario.seeds]
+    return ray.get(refs)
+
+
+def _trainable(setup: TrialSetup):
+    from ray import tune
+
+    def trial(config: dict[str, Any]) -> None:
+        run_trial(config, setup, tune.report)
+
+    trial.__name__ = f"{setup.method}_w{setup.bits}"
+    return trial
+
+
+def cell_tuner(study: StudySpec, cell: Cell, paths: SweepPaths, setup: TrialSetup, resume: bool):
+    """The Tune experiment of one cell: restored from storage when ``resume`` and present."""
+    from ray import tune
+
+    trainable = tune.with_resources(_trainable(setup), {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
+    path = paths.cell(cell)
+    if resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable=trainable)
+    method = study.methods[cell.method]
+    space = {name: domain.to_tune() for name, domain in method.space.items()}
+    epochs = method.space["epochs"].largest() if "epochs" in method.space else _default_epochs(cell.method, method.fixed)
+    tune_config = tune.TuneConfig(
+        metric="objective",
+        mode="min",
+        num_samples=study.trials_of(cell.method),
+        search_alg=_search(study),
+        scheduler=_scheduler(study, max(1, epochs)),
+        max_concurrent_trials=study.resources.max_concurrent,
+    )
+    run_config = tune.RunConfig(name=cell.name, storage_path=paths.root, verbose=0, log_to_file=True)
+    return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
+
+
+def _default_epochs(method: str, fixed: dict[str, Any]) -> int:
+    from raysisa.methods import get_method
+
+    return get_method(method, fixed).args.epochs
+
+
+def _search(study: StudySpec):
+    if study.search.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=study.search.seed)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=study.search.seed)
+
+
+def _scheduler(study: StudySpec, max_epochs: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    spec = study.scheduler
+    if spec.kind == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", max_t=max_epochs, grace_period=min(spec.grace_period, max_epochs), reduction_factor=spec.reduction_factor)
+
+
+def sweep(study: StudySpec, storage: str, *, resume: bool = False, cluster: ClusterConfig | None = None) -> SweepResult:
+    """Run (or ``resume``) ``study`` with its Tune experiments under ``storage``; write its report.
+
+    Raises:
+        ConfigError: the study exists and ``resume`` is off, or it was started from another spec.
+    """
+    from raysisa.sisa.actors import ray_session
+    from raysisa.tune.report import write_report
+
+    started = time.perf_counter()
+    paths = SweepPaths.of(storage, study.name)
+    result = SweepResult(study.name, paths.root)
+    with ray_session(cluster):
+        _check_study(paths, study, resume)
+        models = paths.models
+        prepared = _prepare_all(study, models)
+        result.slices_trained = sum(p.slices_trained for p in prepared)
+        paths.files.put_json("prepared.json", [p.to_dict() for p in prepared])
+        for cell in study.cells():
+            setup = TrialSetup.of(study, cell.method, cell.bits, models, prepared)
+            grid = cell_tuner(study, cell, paths, setup, resume).fit()
+            result.cells[cell.name] = {
+                "trials": len(grid),
+                "errors": len(grid.errors),
+                "finished": sum(1 for r in grid if r.error is None),
+            }
+            log.info("sweep %s: cell %s done (%s)", study.name, cell.name, result.cells[cell.name])
+        result.report = write_report(study, paths)
+    result.seconds = time.perf_counter() - started
+    return result

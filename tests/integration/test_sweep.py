@@ -1,0 +1,161 @@
+"""`raysisa sweep` on a real local Ray cluster: the shipped digits study end to end on a
+folder and on S3 (moto), models trained once across sweeps, and resume after a real kill."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from raysisa.tune import load_study, parse_study, sweep
+from raysisa.tune.paths import SweepPaths
+from tests import processes
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "tune_configs" / "digits.yaml"
+REPORT_FILES = ("trials.parquet", "trials.md", "best.json", "best.md", "gap_vs_bits.png", "gap_vs_rte.png")
+
+
+def _best_from_tune(paths: SweepPaths, cell) -> dict:
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    grid = ResultGrid(ExperimentAnalysis(paths.cell(cell)))
+    best = grid.get_best_result(metric="objective", mode="min", scope="last")
+    return {"objective": best.metrics["objective"], "trial": best.metrics["trial_id"], "count": len(grid)}
+
+
+def _check_study(study, paths: SweepPaths, result) -> None:
+    assert result.cells == {c.name: {"trials": 2, "errors": 0, "finished": 2} for c in study.cells()}
+    files = paths.files
+    for name in REPORT_FILES:
+        assert files.exists(f"report/{name}"), name
+    assert files.get_bytes("report/gap_vs_bits.png").startswith(b"\x89PNG")
+    table = pq.read_table(io.BytesIO(files.get_bytes("report/trials.parquet"))).to_pylist()
+    assert len(table) == 4 and {(r["method"], r["bits"]) for r in table} == {("qmul", 4), ("qmul", 32)}
+    assert all(r["status"] == "TERMINATED" and r["epochs_run"] >= 1 for r in table)
+    best = files.get_json("report/best.json")["best"]
+    for cell in study.cells():
+        rows = [r for r in table if r["bits"] == cell.bits]
+        lowest = min(rows, key=lambda r: r["objective"])
+        tuned = _best_from_tune(paths, cell)
+        assert tuned["count"] == 2
+        assert tuned["objective"] == pytest.approx(lowest["objective"]) and tuned["trial"] == lowest["trial"]
+        assert best[cell.name]["trial"] == lowest["trial"] and best[cell.name]["objective"] == pytest.approx(lowest["objective"])
+        sampled = {k[len("param."):]: v for k, v in lowest.items() if k.startswith("param.") and v is not None}
+        assert best[cell.name]["params"] == sampled and set(sampled) == {"lr", "epochs"}
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_digits_study_on_a_folder_then_models_are_reused(ray_cluster, tmp_path):
+    study = load_study(DIGITS)
+    result = sweep(study, str(tmp_path))
+    paths = SweepPaths.of(str(tmp_path), study.name)
+    _check_study(study, paths, result)
+    assert result.slices_trained == 4  # original and reference at 4 and 32 bits, one slice each
+
+    # a second study over the same scenario trains nothing and writes nothing under models/
+    before = _mtimes(tmp_path / "models")
+    other = parse_study({**study.to_dict(), "name": "digits-ft", "trials": 1, "search": {"algorithm": "random"},
+                         "methods": {"finetune": {"space": {"lr": {"loguniform": [0.001, 0.01]}}, "fixed": {"epochs": 1}}}})
+    again = sweep(other, str(tmp_path))
+    assert again.slices_trained == 0 and again.cells == {"finetune-w4": {"trials": 1, "errors": 0, "finished": 1},
+                                                         "finetune-w32": {"trials": 1, "errors": 0, "finished": 1}}
+    assert _mtimes(tmp_path / "models") == before
+
+    # the same study again is refused without --resume; with it, nothing runs again
+    with pytest.raises(Exception, match="pass --resume"):
+        sweep(study, str(tmp_path))
+    resumed = sweep(study, str(tmp_path), resume=True)
+    assert resumed.slices_trained == 0 and resumed.cells == result.cells
+
+
+def test_digits_study_on_s3(ray_cluster, s3_bucket, s3_endpoint):
+    study = load_study(DIGITS)
+    host = s3_endpoint.removeprefix("http://")
+    storage = f"{s3_bucket}/sweeps?endpoint_override={host}&scheme=http"
+    result = sweep(study, storage)
+    paths = SweepPaths.of(storage, study.name)
+    _check_study(study, paths, result)
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    bucket = s3_bucket.removeprefix("s3://")
+    assert fs.exists(f"{bucket}/sweeps/digits/report/best.md") and fs.exists(f"{bucket}/sweeps/digits/qmul-w4")
+    assert len(fs.ls(f"{bucket}/sweeps/models/originals")) == 2 and len(fs.ls(f"{bucket}/sweeps/models/references")) == 2
+
+
+def _trial_states(cell_dir: Path) -> dict[str, str]:
+    """Trial id -> status, from Tune's experiment state file (what a resume reads)."""
+    states = sorted(cell_dir.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+    except (ValueError, OSError):
+        return {}  # being rewritten
+    out = {}
+    for entry in data.get("trial_data", []):
+        trial = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
+        out[trial["trial_id"]] = trial["status"]
+    return out
+
+
+def _starts(cell_dir: Path) -> dict[str, int]:
+    """Trial id -> how many times it started (its result.json restarts at iteration 1)."""
+    counts = {}
+    for result in cell_dir.glob("*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        for line in lines:
+            if line.get("training_iteration") == 1:
+                counts[line["trial_id"]] = counts.get(line["trial_id"], 0) + 1
+    return counts
+
+
+def test_resume_after_the_sweep_is_killed_runs_no_finished_trial_again(ray_cluster, tmp_path):
+    import ray
+
+    data = load_study(DIGITS).to_dict()
+    data = copy.deepcopy(data)
+    data.update(name="resume", trials=4, scheduler={"kind": "fifo"}, resources={"cpu": 1, "max_concurrent": 1})
+    data["quantization"]["bits"] = [32]
+    data["methods"]["qmul"]["space"]["epochs"] = {"choice": [2]}
+    study_file = tmp_path / "resume.yaml"
+    study_file.write_text(json.dumps(data))
+    storage = tmp_path / "sweeps"
+    cell_dir = storage / "resume" / "qmul-w32"
+
+    address = ray.get_runtime_context().gcs_address
+    child = processes.start(["sweep", str(study_file), "--storage", str(storage), "--address", address])
+    deadline = time.monotonic() + 240
+    finished_before: set[str] = set()
+    while time.monotonic() < deadline:
+        states = _trial_states(cell_dir)
+        finished_before = {t for t, s in states.items() if s == "TERMINATED"}
+        if len(finished_before) >= 2:
+            break
+        time.sleep(0.2)
+    assert len(finished_before) >= 2, f"the sweep did not finish 2 trials in time: {_trial_states(cell_dir)}"
+    process, _ = child
+    os.kill(process.pid, signal.SIGKILL)
+    killed = processes.finish(child, timeout=60)
+    assert killed.code == -signal.SIGKILL
+    assert len(_trial_states(cell_dir)) < 4 or set(_trial_states(cell_dir).values()) != {"TERMINATED"}
+
+    result = sweep(load_study(study_file), str(storage), resume=True)
+    assert result.cells == {"qmul-w32": {"trials": 4, "errors": 0, "finished": 4}}
+    starts = _starts(cell_dir)
+    assert len(starts) == 4
+    assert all(starts[t] == 1 for t in finished_before), starts  # finished trials never ran again
+    assert set(_trial_states(cell_dir).values()) == {"TERMINATED"}
