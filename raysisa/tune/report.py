@@ -201,10 +201,13 @@ def sweep_report(storage: str, study: str | None = None) -> list[dict[str, Any]]
     names = [study] if study else studies_at(storage)
     if not names:
         raise ConfigError(f"no sweep study under {storage} (looked for */study.json)")
+    from raysisa.sisa.actors import ray_session  # Tune's ExperimentAnalysis needs a Ray session
+
     out = []
-    for name in names:
-        paths = SweepPaths.of(storage, name)
-        if not paths.files.exists("study.json"):
-            raise ConfigError(f"no study {name!r} under {storage}; studies there: {', '.join(studies_at(storage)) or 'none'}")
-        out.append(write_report(parse_study(paths.files.get_json("study.json")), paths))
+    with ray_session():
+        for name in names:
+            paths = SweepPaths.of(storage, name)
+            if not paths.files.exists("study.json"):
+                raise ConfigError(f"no study {name!r} under {storage}; studies there: {', '.join(studies_at(storage)) or 'none'}")
+            out.append(write_report(parse_study(paths.files.get_json("study.json")), paths))
     return out
