@@ -17,7 +17,7 @@ from raysisa.config.recipe import DataConfig, ModelConfig, RunSpec, ShardingConf
 from raysisa.config.runtime import ClusterConfig
 from raysisa.errors import ConfigError
 
-__all__ = ["JobConfig", "parse_config", "load_config"]
+__all__ = ["JobConfig", "parse_config", "load_config", "read_yaml"]
 
 
 class JobConfig(ConfigModel):
@@ -83,17 +83,25 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     """Read a YAML config file (``None``: all defaults) and validate it."""
     if path is None:
         return parse_config({}, overrides)
+    return parse_config(read_yaml(path, "config file"), overrides)
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """The YAML document in ``path`` (a config file, a sweep study).
+
+    Raises:
+        ConfigError: unreadable, not UTF-8 or not YAML, naming ``what`` and the path.
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    return parse_config(data, overrides)
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None

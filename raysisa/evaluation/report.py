@@ -13,7 +13,7 @@ from raysisa.evaluation.metrics import GAP_METRICS
 from raysisa.evaluation.results import CompareReport
 from raysisa.store import ObjectStore
 
-__all__ = ["markdown_table", "gap_chart_png", "write_report"]
+__all__ = ["markdown_table", "gap_chart_png", "figure_png", "write_report"]
 
 COLUMNS = [
     ("UA", "UA"),
@@ -72,9 +72,16 @@ def gap_chart_png(report: CompareReport) -> bytes:
     ax.set_ylabel("|metric − retrain| (percentage points)")
     ax.set_title(f"{report.name}: gap to retraining (lower is better)")
     ax.legend(fontsize=8, ncol=2)
+    return figure_png(fig, dpi=120)
+
+
+def figure_png(fig, dpi: int = 110) -> bytes:
+    """A matplotlib figure as PNG bytes (laid out tight); the figure is closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
     return buffer.getvalue()
 

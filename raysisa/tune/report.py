@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysisa.errors import ConfigError
+from raysisa.evaluation.report import figure_png
 from raysisa.store import ObjectStore
 from raysisa.tune.paths import SweepPaths, storage_store
 from raysisa.tune.spec import FULL_PRECISION, Cell, StudySpec, parse_study
@@ -112,11 +113,7 @@ def _gap_vs_bits(study: StudySpec, best: dict[str, dict[str, Any]]) -> bytes:
     ax.set_ylabel("Avg Gap to retrain (best trial, mean ± std over seeds)")
     ax.set_title(f"{study.name}: Avg Gap against bit width")
     ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def _gap_vs_rte(study: StudySpec, rows: list[dict[str, Any]]) -> bytes:
@@ -141,11 +138,7 @@ def _gap_vs_rte(study: StudySpec, rows: list[dict[str, Any]]) -> bytes:
     ax.set_ylabel("Avg Gap to retrain")
     ax.set_title(f"{study.name}: the cost of forgetting well")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def write_report(study: StudySpec, paths: SweepPaths) -> dict[str, Any]:

@@ -28,11 +28,12 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from raysisa.config import ConfigModel, JobConfig, RandomForget, RunSpec, Scenario, parse_config
 from raysisa.config.base import registered, validate
+from raysisa.config.job import read_yaml
+from raysisa.config.recipe import SUPPORTED_BITS
 from raysisa.errors import ConfigError
 from raysisa.methods import METHODS, get_method
 from raysisa.registry import SCHEMES
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 FULL_PRECISION = 32  # in the bit grid: the model without quantization
-BIT_WIDTHS = (2, 4, 8, FULL_PRECISION)
+BIT_WIDTHS = SUPPORTED_BITS  # 32 = FULL_PRECISION
 DOMAIN_KINDS = ("uniform", "loguniform", "randint", "choice")
 
 
@@ -373,15 +374,4 @@ def load_study(path: str | Path) -> StudySpec:
     Raises:
         ConfigError: unreadable or invalid, naming the bad field.
     """
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read study file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"study file {path} is not UTF-8 text (byte {exc.start})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"study file {path} is not valid YAML: {exc}") from None
-    return parse_study(data)
+    return parse_study(read_yaml(path, "study file"))
