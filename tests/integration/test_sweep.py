@@ -123,12 +123,15 @@ def _starts(cell_dir: Path) -> dict[str, int]:
     return counts
 
 
+TRIALS = 8  # the kill comes after 2 finish; the rest must still be pending on a fast machine
+
+
 def test_resume_after_the_sweep_is_killed_runs_no_finished_trial_again(ray_cluster, tmp_path):
     import ray
 
     data = load_study(DIGITS).to_dict()
     data = copy.deepcopy(data)
-    data.update(name="resume", trials=4, scheduler={"kind": "fifo"}, resources={"cpu": 1, "max_concurrent": 1})
+    data.update(name="resume", trials=TRIALS, scheduler={"kind": "fifo"}, resources={"cpu": 1, "max_concurrent": 1})
     data["quantization"]["bits"] = [32]
     data["methods"]["qmul"]["space"]["epochs"] = {"choice": [2]}
     study_file = tmp_path / "resume.yaml"
@@ -137,7 +140,10 @@ def test_resume_after_the_sweep_is_killed_runs_no_finished_trial_again(ray_clust
     cell_dir = storage / "resume" / "qmul-w32"
 
     address = ray.get_runtime_context().gcs_address
-    child = processes.start(["sweep", str(study_file), "--storage", str(storage), "--address", address])
+    # Tune saves its experiment state (what a resume reads) at most every 10 s by default; a
+    # period of 0 saves it every step, so the kill below lands while trials are still pending
+    child = processes.start(["sweep", str(study_file), "--storage", str(storage), "--address", address],
+                            env={"TUNE_GLOBAL_CHECKPOINT_S": "0"})
     deadline = time.monotonic() + 240
     finished_before: set[str] = set()
     while time.monotonic() < deadline:
@@ -151,11 +157,12 @@ def test_resume_after_the_sweep_is_killed_runs_no_finished_trial_again(ray_clust
     os.kill(process.pid, signal.SIGKILL)
     killed = processes.finish(child, timeout=60)
     assert killed.code == -signal.SIGKILL
-    assert len(_trial_states(cell_dir)) < 4 or set(_trial_states(cell_dir).values()) != {"TERMINATED"}
+    states = _trial_states(cell_dir)
+    assert len(states) < TRIALS or set(states.values()) != {"TERMINATED"}, "the sweep finished before the kill"
 
     result = sweep(load_study(study_file), str(storage), resume=True)
-    assert result.cells == {"qmul-w32": {"trials": 4, "errors": 0, "finished": 4}}
+    assert result.cells == {"qmul-w32": {"trials": TRIALS, "errors": 0, "finished": TRIALS}}
     starts = _starts(cell_dir)
-    assert len(starts) == 4
+    assert len(starts) == TRIALS
     assert all(starts[t] == 1 for t in finished_before), starts  # finished trials never ran again
     assert set(_trial_states(cell_dir).values()) == {"TERMINATED"}
