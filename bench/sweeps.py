@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
 
-STUDIES = ("qmul-cifar10", "del-cifar10", "l1-sparse-cifar10")
+STUDIES = ("qmul-cifar10", "del-cifar10", "l1-sparse-cifar10", "influence-cifar10")
 
 
 def _label(bits: int) -> str:

@@ -82,3 +82,7 @@ class ShardUnavailableError(RaysisaError):
 
 class ClusterUnavailableError(RaysisaError):
     """The Ray cluster at the given address did not answer within the connect timeout."""
+
+
+class DivergedError(RaysisaError, ArithmeticError):
+    """Training or unlearning left non-finite weights (a learning rate too large, usually)."""

@@ -74,6 +74,25 @@ def run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 300
     return finish(start(argv, env), timeout)
 
 
+def _call(target, args: tuple, env: dict[str, str]) -> None:
+    os.environ.update(env)
+    target(*args)
+    os._exit(0)
+
+
+def call_crashing(target, args: tuple, point: str, env: dict[str, str] | None = None, timeout: float = 300.0) -> int | None:
+    """Call ``target(*args)`` (a module-level function) in a child that SIGKILLs itself at
+    crash point ``point``; its exit status (-9 when the point was reached)."""
+    process = _CTX.Process(target=_call, args=(target, args, {**(env or {}), "RAYSISA_CRASH_AT": point}))
+    process.start()
+    process.join(timeout)
+    if process.is_alive():
+        process.kill()
+        process.join()
+        raise TimeoutError(f"child did not finish within {timeout}s")
+    return process.exitcode
+
+
 def run_crashing(argv: list[str], point: str, env: dict[str, str] | None = None) -> Result:
     """Run ``raysisa ARGV`` in a child that SIGKILLs itself at crash point ``point``."""
     return run(argv, {**(env or {}), "RAYSISA_CRASH_AT": point})

@@ -4,6 +4,7 @@ Layout under ``--storage`` (a folder, or any URI Ray Tune accepts, e.g.
 ``s3://bucket/sweeps?endpoint_override=127.0.0.1:9000&scheme=http``)::
 
     <study>/study.json            the validated study (a resume must match it)
+    <study>/_log/lease/           the lease of the sweep running the study (one at a time)
     <study>/prepared.json         where each (bits, seed)'s original and reference live
     <study>/<method>-w<bits>/     one Tune experiment per cell (Tune's own layout)
     <study>/report/               trials.md, trials.parquet, best.md, best.json, *.png
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raysisa.config import ClusterConfig, StoreConfig
-from raysisa.errors import ConfigError
+from raysisa.errors import ConfigError, StoreBusyError
 from raysisa.tune.artifacts import Prepared, prepare
 from raysisa.tune.paths import SweepPaths
 from raysisa.tune.spec import Cell, StudySpec
@@ -47,13 +48,15 @@ class SweepResult:
 
 
 def _check_study(paths: SweepPaths, study: StudySpec, resume: bool) -> None:
+    """Record the study in ``study.json`` (a conditional create: of two sweeps that start the
+    same new study, one records it), or check that a stored one is this study and resumed."""
     files = paths.files
-    stored = files.get_json("study.json") if files.exists("study.json") else None
-    if stored is None:
-        if resume:
-            log.info("nothing to resume at %s: starting the study", paths.root)
-        files.put_json("study.json", study.to_dict())
-        return
+    if not files.exists("study.json"):
+        if files.create_json("study.json", study.to_dict()):
+            if resume:
+                log.info("nothing to resume at %s: starting the study", paths.root)
+            return
+    stored = files.get_json("study.json")
     if stored != study.to_dict():
         raise ConfigError(
             f"the study at {paths.root} was started from a different spec; use another --storage or study name "
@@ -136,28 +139,50 @@ def sweep(study: StudySpec, storage: str, *, resume: bool = False, cluster: Clus
 
     Raises:
         ConfigError: the study exists and ``resume`` is off, or it was started from another spec.
+        StoreBusyError: another process is sweeping this study now.
     """
     from raysisa.sisa.actors import ray_session
-    from raysisa.tune.report import write_report
 
     started = time.perf_counter()
     paths = SweepPaths.of(storage, study.name)
     result = SweepResult(study.name, paths.root)
-    with ray_session(cluster):
-        _check_study(paths, study, resume)
-        models = paths.models
-        prepared = _prepare_all(study, models)
-        result.slices_trained = sum(p.slices_trained for p in prepared)
-        paths.files.put_json("prepared.json", [p.to_dict() for p in prepared])
-        for cell in study.cells():
-            setup = TrialSetup.of(study, cell.method, cell.bits, models, prepared)
-            grid = cell_tuner(study, cell, paths, setup, resume).fit()
-            result.cells[cell.name] = {
-                "trials": len(grid),
-                "errors": len(grid.errors),
-                "finished": sum(1 for r in grid if r.error is None),
-            }
-            log.info("sweep %s: cell %s done (%s)", study.name, cell.name, result.cells[cell.name])
-        result.report = write_report(study, paths)
+    lease = _study_lease(paths, study)
+    try:
+        with ray_session(cluster):
+            _run(study, paths, resume, result)
+    finally:
+        lease.release()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _study_lease(paths: SweepPaths, study: StudySpec):
+    """One sweep of a study at a time: the study folder's writer lease (two Tune drivers on
+    one experiment would overwrite each other's state). A killed sweep's lease is free at
+    once on this machine and expires by itself elsewhere."""
+    from raysisa.store.lease import acquire_lease
+
+    try:
+        return acquire_lease(paths.files, f"sweep {study.name}", wait=0)
+    except StoreBusyError as exc:
+        raise StoreBusyError(f"study {study.name!r} is being swept by another process; {exc}") from None
+
+
+def _run(study: StudySpec, paths: SweepPaths, resume: bool, result: SweepResult) -> None:
+    from raysisa.tune.report import write_report
+
+    _check_study(paths, study, resume)
+    models = paths.models
+    prepared = _prepare_all(study, models)
+    result.slices_trained = sum(p.slices_trained for p in prepared)
+    paths.files.put_json("prepared.json", [p.to_dict() for p in prepared])
+    for cell in study.cells():
+        setup = TrialSetup.of(study, cell.method, cell.bits, models, prepared)
+        grid = cell_tuner(study, cell, paths, setup, resume).fit()
+        result.cells[cell.name] = {
+            "trials": len(grid),
+            "errors": len(grid.errors),
+            "finished": sum(1 for r in grid if r.error is None),
+        }
+        log.info("sweep %s: cell %s done (%s)", study.name, cell.name, result.cells[cell.name])
+    result.report = write_report(study, paths)

@@ -4,7 +4,8 @@ every seed, scored against the stored reference after every unlearning epoch.
 The seeds advance in lockstep (:func:`~raysisa.methods.engine.iterate_method`), and each
 epoch is reported once with the mean over seeds, so ASHA compares trials at equal
 budgets. A method without a loop (IU) reports once, after its one-shot update.
-Ray-free: :func:`run_trial` takes the reporting function (Tune's ``tune.report`` in a
+A trial whose weights turn non-finite raises :class:`~raysisa.errors.DivergedError`:
+Tune records it as an errored trial and the sweep goes on. Ray-free: :func:`run_trial` takes the reporting function (Tune's ``tune.report`` in a
 sweep; a list's ``append`` in a test).
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from raysisa.config import StoreConfig
+from raysisa.errors import DivergedError
 from raysisa.evaluation.evaluator import Evaluator
 from raysisa.evaluation.metrics import GAP_METRICS
 from raysisa.evaluation.scenarios import excluded_test_classes, load_forget_set
@@ -120,10 +122,23 @@ def run_trial(config: dict[str, Any], setup: TrialSetup, report: Callable[[dict[
         report(last)
 
 
+def _finite_state(seed: _Seed) -> dict[str, Any]:
+    """The seed's model state; a trial whose weights went non-finite fails (Tune reports it
+    as an errored trial and goes on) instead of scoring a broken model."""
+    state = {k: v.detach().cpu() for k, v in seed.model.state_dict().items()}
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if broken:
+        raise DivergedError(
+            f"seed {seed.prepared.seed}, epoch {seed.outcome.epochs}: non-finite weights in {', '.join(broken[:3])}"
+            f"{' and more' if len(broken) > 3 else ''}; the method diverged (its step is likely too large: learning rate, or IU's alpha)"
+        )
+    return state
+
+
 def _summary(seeds: list[_Seed], objective: Objective) -> dict[str, Any]:
     rows = []
     for seed in seeds:
-        state = {k: v.detach().cpu() for k, v in seed.model.state_dict().items()}
+        state = _finite_state(seed)
         metrics = seed.evaluator.metrics([state])
         reference = seed.prepared.reference_scores()
         gaps = metrics.gaps(reference)

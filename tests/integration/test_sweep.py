@@ -14,7 +14,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from raysisa.config import StoreConfig
+from raysisa.errors import StoreBusyError
 from raysisa.tune import load_study, parse_study, sweep
+from raysisa.tune.artifacts import prepare
 from raysisa.tune.paths import SweepPaths
 from tests import processes
 
@@ -153,6 +156,9 @@ def test_resume_after_the_sweep_is_killed_runs_no_finished_trial_again(ray_clust
             break
         time.sleep(0.2)
     assert len(finished_before) >= 2, f"the sweep did not finish 2 trials in time: {_trial_states(cell_dir)}"
+    # a second sweep of the same study while this one runs is refused, naming the holder
+    with pytest.raises(StoreBusyError, match="being swept by another process"):
+        sweep(load_study(study_file), str(storage), resume=True)
     process, _ = child
     os.kill(process.pid, signal.SIGKILL)
     killed = processes.finish(child, timeout=60)
@@ -166,3 +172,58 @@ def test_resume_after_the_sweep_is_killed_runs_no_finished_trial_again(ray_clust
     assert len(starts) == TRIALS
     assert all(starts[t] == 1 for t in finished_before), starts  # finished trials never ran again
     assert set(_trial_states(cell_dir).values()) == {"TERMINATED"}
+
+
+def test_a_diverging_trial_is_reported_and_the_sweep_goes_on(ray_cluster, tmp_path):
+    # IU with alpha 1e300 overflows the weights: that trial fails (DivergedError), the others score
+    data = load_study(DIGITS).to_dict()
+    data.update(name="diverge", trials=4, scheduler={"kind": "fifo"}, search={"algorithm": "random", "seed": 0},
+                methods={"influence": {"space": {"alpha": {"choice": [10.0, 1e300]}}}})
+    data["quantization"]["bits"] = [32]
+    study = parse_study(data)
+    result = sweep(study, str(tmp_path))
+    paths = SweepPaths.of(str(tmp_path), study.name)
+    table = pq.read_table(io.BytesIO(paths.files.get_bytes("report/trials.parquet"))).to_pylist()
+    broken = [r for r in table if r["param.alpha"] == 1e300]
+    assert broken and len(broken) < 4  # the seed samples both values
+    assert result.cells == {"influence-w32": {"trials": 4, "errors": len(broken), "finished": 4 - len(broken)}}
+    assert all(r["status"] == "ERROR" and r["error"] for r in broken)
+    assert all(r["status"] == "TERMINATED" and not r["error"] for r in table if r["param.alpha"] == 10.0)
+    assert paths.files.get_json("report/best.json")["best"]["influence-w32"]["params"] == {"alpha": 10.0}
+
+
+def _prepare_in_child(study_file: str, models: str) -> None:
+    prepare(load_study(study_file), 32, 0, StoreConfig(uri=models))
+
+
+@pytest.fixture(scope="module")
+def digits_w32(tmp_path_factory):
+    """The digits study at full precision only, and its models prepared without a crash."""
+    folder = tmp_path_factory.mktemp("prepare")
+    data = load_study(DIGITS).to_dict()
+    data["quantization"]["bits"] = [32]
+    study_file = folder / "w32.yaml"
+    study_file.write_text(json.dumps(data))
+    clean = prepare(load_study(study_file), 32, 0, StoreConfig(uri=str(folder / "clean")))
+    return study_file, clean
+
+
+# (crash point, slices the recovering prepare trains): the original's ingest, its initial
+# checkpoint (train.slice@1) and its trained slice (@2), then the reference's (the evaluation
+# is written after both; a crash before it only re-scores)
+PREPARE_CRASHES = [("ingest.object", 2), ("ingest.committed", 2), ("train.slice", 2), ("train.slice@2", 1),
+                   ("ingest.committed@2", 1), ("train.slice@4", 0)]
+
+
+@pytest.mark.parametrize(("point", "trains"), PREPARE_CRASHES)
+def test_prepare_recovers_from_a_kill_at_each_write(digits_w32, tmp_path, point, trains):
+    study_file, clean = digits_w32
+    models = tmp_path / "models"
+    assert processes.call_crashing(_prepare_in_child, (str(study_file), str(models)), point) == -signal.SIGKILL
+    assert not list(models.glob("evaluations/*.json"))  # the evaluation is the last write
+    again = prepare(load_study(study_file), 32, 0, StoreConfig(uri=str(models)))
+    assert again.slices_trained == trains
+    # the same models, bit for bit: the same scores as the uninterrupted prepare
+    assert again.original_metrics == clean.original_metrics and again.reference_metrics == clean.reference_metrics
+    assert len(list(models.glob("evaluations/*.json"))) == 1
+    assert prepare(load_study(study_file), 32, 0, StoreConfig(uri=str(models))).slices_trained == 0
