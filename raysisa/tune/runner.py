@@ -51,11 +51,10 @@ def _check_study(paths: SweepPaths, study: StudySpec, resume: bool) -> None:
     """Record the study in ``study.json`` (a conditional create: of two sweeps that start the
     same new study, one records it), or check that a stored one is this study and resumed."""
     files = paths.files
-    if not files.exists("study.json"):
-        if files.create_json("study.json", study.to_dict()):
-            if resume:
-                log.info("nothing to resume at %s: starting the study", paths.root)
-            return
+    if not files.exists("study.json") and files.create_json("study.json", study.to_dict()):
+        if resume:
+            log.info("nothing to resume at %s: starting the study", paths.root)
+        return
     stored = files.get_json("study.json")
     if stored != study.to_dict():
         raise ConfigError(
