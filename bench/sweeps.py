@@ -4,6 +4,13 @@ and write the best trial per (method, bits) into BENCHMARKS.md, with the plots.
     .venv/bin/python bench/sweeps.py                                  # the three CIFAR-10 studies
     .venv/bin/python bench/sweeps.py --studies qmul-cifar10 --storage ./sweeps
     .venv/bin/python bench/sweeps.py --report-only                    # reread a finished storage
+    .venv/bin/python bench/sweeps.py --report-only --write-defaults   # and record the winners
+
+``--write-defaults`` writes every cell's best trial (when it met the TA floor) to
+``raysisa/methods/tuned.json``: the method's tuned defaults for that setting (data set,
+model, bits), with the study, trial and Avg Gap they came from. A method tuned in two
+studies (FT is the baseline of two) keeps the lower Avg Gap: both score against the same
+references.
 
 Every trial of a study starts from the same stored original of its bit width and is scored
 against the same retrained reference (trained once, shared by the three studies), so the
@@ -65,19 +72,62 @@ def _section(summary: dict, study, seconds: float | None) -> str:
     return "\n".join(lines)
 
 
+def tuned_entries(study, summary: dict) -> list[dict]:
+    """The tuned.json entries of one study: each cell's best trial, if it met the TA floor."""
+    from raysisa.methods.tuned import Setting
+
+    entries = []
+    for cell in study.cells():
+        row = summary["best"].get(cell.name)
+        if row is None or row["objective"] != row["avg_gap"]:  # no trial, or the best broke the TA floor
+            continue
+        setting = Setting.of(study.spec(cell.bits, study.scenario.seeds[0]))
+        params = {**study.methods[cell.method].fixed, **row["params"]}
+        entries.append({
+            "method": cell.method,
+            "setting": {"dataset": setting.dataset, "model": setting.model, "bits": setting.bits},
+            "params": params,
+            "source": {"study": f"tune_configs/{study.name}.yaml", "trial": row["trial"], "avg_gap": round(row["avg_gap"], 3),
+                       "avg_gap_std": round(row["avg_gap_std"], 3), "seeds": list(study.scenario.seeds),
+                       "trials": study.trials_of(cell.method), "date": time.strftime("%Y-%m-%d")},
+        })
+    return entries
+
+
+def write_defaults(entries: list[dict]) -> Path:
+    """Merge ``entries`` into raysisa/methods/tuned.json (per method and setting, the lower Avg Gap wins)."""
+    from raysisa.methods.tuned import TABLE_PATH
+
+    def key(entry: dict) -> tuple:
+        return entry["method"], tuple(sorted(entry["setting"].items()))
+
+    table = json.loads(TABLE_PATH.read_text())["entries"] if TABLE_PATH.exists() else []
+    merged = {key(e): e for e in table}
+    for entry in entries:
+        old = merged.get(key(entry))
+        if old is None or old["source"]["study"] == entry["source"]["study"] or entry["source"]["avg_gap"] < old["source"]["avg_gap"]:
+            merged[key(entry)] = entry
+    rows = sorted(merged.values(), key=lambda e: (e["method"], e["setting"]["dataset"], e["setting"]["model"], e["setting"]["bits"]))
+    note = ("Written by bench/sweeps.py --write-defaults from the sweep studies' best trials; "
+            "see raysisa/methods/tuned.py and BENCHMARKS.md (sweeps).")
+    TABLE_PATH.write_text(json.dumps({"note": note, "entries": rows}, indent=1) + "\n")
+    return TABLE_PATH
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--studies", default=",".join(STUDIES))
     parser.add_argument("--storage", default=str(ROOT / "sweeps"), help="sweep storage (default ./sweeps, git-ignored)")
     parser.add_argument("--report-only", action="store_true", help="do not run: read the studies' reports")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--write-defaults", action="store_true", help="record each cell's best trial in raysisa/methods/tuned.json")
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from raysisa.tune import load_study, sweep, sweep_report
     from raysisa.tune.paths import SweepPaths
 
     names = [n for n in args.studies.split(",") if n]
-    sections, seconds = [], {}
+    sections, seconds, entries = [], {}, []
     out = ROOT / "bench" / "results"
     for name in names:
         study = load_study(ROOT / "tune_configs" / f"{name}.yaml")
@@ -92,6 +142,7 @@ def main() -> None:
             (out / f"sweep_{name}_{plot}").write_bytes(paths.files.get_bytes(f"report/{plot}"))
         (out / f"sweep_{name}.json").write_text(json.dumps(summary, indent=1, default=float))
         sections.append(_section(summary, study, seconds.get(name)))
+        entries += tuned_entries(study, summary)
     import torch
 
     meta = (
@@ -105,6 +156,8 @@ def main() -> None:
     print(body)
     if not args.no_write:
         write_section(ROOT / "BENCHMARKS.md", "sweeps", body)
+    if args.write_defaults:
+        print(f"tuned defaults: {len(entries)} entries -> {write_defaults(entries)}")
 
 
 if __name__ == "__main__":

@@ -142,8 +142,9 @@ def compare(
     (:func:`raysisa.evaluation.compare`); the report lands in ``reports/<name>/``."""
     from raysisa.evaluation.compare import compare as run_compare
     from raysisa.evaluation.compare import resolve_methods
+    from raysisa.methods.tuned import Setting
 
-    resolve_methods(config.compare, methods)  # bad names or args fail before Ray starts
+    resolve_methods(config.compare, methods, Setting.of(config.spec))  # bad names or args fail before Ray starts
     with _pool(pool, cluster or config.cluster, config.sharding.num_shards) as shards:
         return run_compare(config, as_store(store), shards, methods, seeds, progress)
 

@@ -107,6 +107,11 @@ class CompareConfig(ConfigModel):
         variants: extra named entries, each a method with its own arguments, e.g.
             ``{rl_sl: {method: qmul, args: {agr: false}}}``; list them in ``methods``.
         prune: prune first (OMP), then unlearn.
+        tuned_defaults: a registered method whose hyperparameters were tuned by raysisa's
+            sweeps for this setting (data set, model, bit width; see
+            :mod:`raysisa.methods.tuned`) starts from the tuned values instead of its
+            reference defaults; ``method_args`` still override them. ``false``: the
+            references' defaults everywhere. Variants are never tuned.
         name: the report's folder under ``reports/`` on the store.
     """
 
@@ -116,4 +121,5 @@ class CompareConfig(ConfigModel):
     method_args: dict[str, dict[str, Any]] = Field(default_factory=dict)
     variants: dict[str, MethodVariant] = Field(default_factory=dict)
     prune: PruneConfig | None = None
+    tuned_defaults: bool = True
     name: str = Field("compare", pattern=r"^[A-Za-z0-9_.-]+$")

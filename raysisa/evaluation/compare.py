@@ -43,6 +43,7 @@ from raysisa.sisa.shard import model_tensors, shard_refs
 from raysisa.sisa.tasks import ApplyUpdate, MethodCall, RewindRetrain
 from raysisa.store import ObjectStore
 from raysisa.methods import UnlearnMethod, get_method, list_methods, omp_prune
+from raysisa.methods.tuned import Setting, tuned_args
 from raysisa.methods.masks import sparsity
 from raysisa.sisa.approximate import approximate_unlearn, shard_groups
 
@@ -52,11 +53,12 @@ log = logging.getLogger(__name__)
 State = dict[str, torch.Tensor]
 
 
-def resolve_methods(config: CompareConfig, names: list[str] | None = None) -> dict[str, UnlearnMethod]:
+def resolve_methods(config: CompareConfig, names: list[str] | None = None, setting: Setting | None = None) -> dict[str, UnlearnMethod]:
     """The approximate methods to compare, by report label (``retrain`` excluded).
 
-    A label is a registered method (hyperparameters from ``compare.method_args``) or a
-    ``compare.variants`` entry (a method with its own arguments, e.g. an ablation).
+    A label is a registered method (hyperparameters from ``compare.method_args``, over the
+    tuned values for ``setting`` when ``compare.tuned_defaults`` and the method was tuned
+    there) or a ``compare.variants`` entry (a method with its own arguments, e.g. an ablation).
 
     Raises:
         ConfigError: an unknown name or invalid hyperparameters.
@@ -70,7 +72,11 @@ def resolve_methods(config: CompareConfig, names: list[str] | None = None) -> di
             variant = config.variants[label]
             chosen[label] = get_method(variant.method, variant.args)
         else:
-            chosen[label] = get_method(label, config.method_args.get(label))  # unknown names fail here
+            tuned = tuned_args(label, setting) if setting is not None and config.tuned_defaults else None
+            if tuned is not None:
+                log.info("%s: hyperparameters tuned for %s (%s) under compare.method_args", label, setting, tuned.source.get("study", "?"))
+            args = {**(tuned.params if tuned else {}), **(config.method_args.get(label) or {})}
+            chosen[label] = get_method(label, args)  # unknown names fail here
     unknown = set(config.method_args) - set(list_methods())
     if unknown:
         raise ConfigError(f"compare.method_args names unknown method(s): {', '.join(sorted(unknown))}")
@@ -175,7 +181,7 @@ def compare(
     """Run a comparison (see the module docstring) and write its report to the store."""
     config = job.compare
     spec = job.spec
-    chosen = resolve_methods(config, methods)
+    chosen = resolve_methods(config, methods, Setting.of(spec))
     seeds = seeds if seeds is not None else list(config.seeds)
     root = ObjectStore(store)
     original = SisaRun.create(spec, _sub(store, "original"))
