@@ -47,7 +47,7 @@ ANCHORS = {
 }
 
 
-def recipe(limit: int, test_limit: int, epochs: int, scenario: list[str], seeds: list[int], name: str) -> list[str]:
+def recipe(limit: int, test_limit: int, epochs: int, scenario: list[str], seeds: list[int], name: str, threads: int = 2) -> list[str]:
     return [
         "data.source=parquet",
         f"data.uri={CIFAR}",
@@ -60,9 +60,10 @@ def recipe(limit: int, test_limit: int, epochs: int, scenario: list[str], seeds:
         "train.batch_size=64",
         "train.lr=0.05",
         "train.lr_schedule=cosine",
-        "train.threads=2",
+        f"train.threads={threads}",
         *scenario,
         f"compare.seeds={json.dumps(seeds)}",
+        "compare.tuned_defaults=false",  # the papers' defaults, not raysisa's tuned ones
         f"compare.name={name}",
     ]
 
@@ -80,6 +81,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--store", help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of training and unlearning")
+    parser.add_argument("--note", default="", help="a sentence appended to the section's header (e.g. what shared the machine)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if not CIFAR.exists():
@@ -95,7 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="raysisa-methods-") as tmp:
         store = StoreConfig(uri=args.store or tmp)
         for kind, overrides in scenarios.items():
-            job = parse_config({}, recipe(args.limit, args.test_limit, args.epochs, overrides, seeds, f"bench-{kind}"))
+            job = parse_config({}, recipe(args.limit, args.test_limit, args.epochs, overrides, seeds, f"bench-{kind}", args.threads))
             started = time.perf_counter()
             report = compare(job, store, LocalPool(), progress=True)
             results[kind] = report.to_dict()
@@ -113,8 +116,10 @@ def main() -> None:
         f"`python bench/unlearning_methods.py {' '.join(sys.argv[1:])}`. CIFAR-10 subset: {args.limit} training / "
         f"{args.test_limit} test images of the shared JPEG copy; model `small_cnn` (width 16, about 25k parameters), "
         f"{args.epochs} epochs, SGD lr 0.05 cosine, batch 64, no augmentation; one model (S = R = 1); seeds {seeds}. "
-        "Methods use their papers' default hyperparameters. RTE = seconds of the unlearning itself (for retrain, "
-        "training from scratch); setup (localisation, relabelling, the IU Newton step) and evaluation are separate columns."
+        "Methods use their reference implementations' default hyperparameters and behaviour (issue 11: RL and Q-MUL's "
+        "random labels redrawn per batch, AGR norms in train mode; `compare.tuned_defaults=false`). RTE = seconds of the "
+        "unlearning itself (for retrain, training from scratch); setup (localisation, relabelling, the IU Newton step) and "
+        "evaluation are separate columns." + (f" {args.note}" if args.note else "")
     )
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
