@@ -36,14 +36,22 @@ VARIANTS = {
     "rl+sl": {"method": "qmul", "args": {"similar_labels": True, "agr": False}},
     "rl+agr": {"method": "qmul", "args": {"similar_labels": False, "agr": True}},
 }
-METHODS = ["rl", "rl+sl", "rl+agr", "qmul", "l1_sparse", "del"]
+# random_label is RL as its own method: with tuned defaults on, Q-MUL and RL both start from
+# their sweep winners (raysisa/methods/tuned.json); the variants are never tuned
+METHODS = ["rl", "rl+sl", "rl+agr", "random_label", "qmul", "l1_sparse", "del"]
+
+
+def _short(args: dict) -> str:
+    """The hyperparameters that matter for reading the table (not batch size, loop, ...)."""
+    keys = ("lr", "epochs", "similar_labels", "agr", "gamma", "alpha", "resample")
+    return ", ".join(f"{k} {args[k]:.3g}" if isinstance(args[k], float) else f"{k} {args[k]}" for k in keys if k in args)
 
 
 def job(bits: int, args: argparse.Namespace, seeds: list[int]):
     quant = [] if bits == 32 else [f"model.quant.w_bits={bits}", "model.quant.a_bits=8", "model.quant.scheme=lsq"]
     return parse_config(
         {"compare": {"variants": VARIANTS, "methods": METHODS, "seeds": seeds, "name": f"quant-w{bits}",
-                     "scenario": {"kind": "random", "fraction": 0.1}}},
+                     "scenario": {"kind": "random", "fraction": 0.1}, "tuned_defaults": not args.untuned}},
         [
             "data.source=parquet",
             f"data.uri={CIFAR}",
@@ -71,6 +79,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--section", default="quantized_unlearning", help="BENCHMARKS.md section to write")
     parser.add_argument("--reuse", default="", help="bit widths to read from this section's saved results instead of rerunning")
+    parser.add_argument("--untuned", action="store_true", help="the references' defaults (compare.tuned_defaults=false)")
+    parser.add_argument("--note", default="", help="a sentence appended to the section's header")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if not CIFAR.exists():
@@ -94,16 +104,21 @@ def main() -> None:
             reports[bits] = report
             label = "full precision" if bits == 32 else f"W{bits}A8 (LSQ)"
             print(f"{label}: {time.perf_counter() - started:.0f}s\n{markdown_table(report)}", flush=True)
-            sections.append(f"### {label}\n\n" + markdown_table(report))
+            used = {r.method: r.args for r in report.results if r.method in ("random_label", "qmul", "l1_sparse", "del")}
+            listed = "; ".join(f"`{m}` {_short(a)}" for m, a in used.items())
+            sections.append(f"### {label}\n\n" + markdown_table(report) + f"\n\nHyperparameters: {listed}.")
 
     findings = []
     for bits, report in reports.items():
         s = report.summary()
         gap = {m: s[m]["avg_gap"]["mean"] for m in METHODS}
+        spread = {m: s[m]["avg_gap"]["std"] for m in METHODS}
+        tuned = "tuned" if not args.untuned else "at their defaults"
         findings.append(
-            f"- {'FP' if bits == 32 else f'W{bits}'}: Avg Gap Q-MUL {gap['qmul']:.2f} vs RL {gap['rl']:.2f} "
-            f"(RL+SL {gap['rl+sl']:.2f}, RL+AGR {gap['rl+agr']:.2f}, l1-sparse {gap['l1_sparse']:.2f}, DEL {gap['del']:.2f}): "
-            f"Q-MUL {'beats' if gap['qmul'] < gap['rl'] else 'does not beat'} RL here."
+            f"- {'FP' if bits == 32 else f'W{bits}'}, Q-MUL and RL {tuned}: Avg Gap Q-MUL {gap['qmul']:.2f} ± {spread['qmul']:.2f} "
+            f"vs RL {gap['random_label']:.2f} ± {spread['random_label']:.2f}: Q-MUL "
+            f"{'beats' if gap['qmul'] < gap['random_label'] else 'does not beat'} RL here. Untuned ablations of Q-MUL: "
+            f"RL {gap['rl']:.2f}, RL+SL {gap['rl+sl']:.2f}, RL+AGR {gap['rl+agr']:.2f}; l1-sparse {gap['l1_sparse']:.2f}, DEL {gap['del']:.2f}."
         )
     if 32 in reports and 4 in reports:
         fp, q4 = (reports[b].summary()["rl"]["avg_gap"]["mean"] for b in (32, 4))
@@ -112,9 +127,13 @@ def main() -> None:
         f"Run {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({platform.machine()}, CPU, torch {torch.__version__}); "
         f"`python bench/quantized_unlearning.py {' '.join(sys.argv[1:])}`. CIFAR-10 subset: {args.limit} training / "
         f"{args.test_limit} test images (shared JPEG copy); `small_cnn` width 16 with LSQ QAT (first conv and classifier "
-        f"full precision), {args.epochs} epochs; random 10% forgetting; seeds {seeds}. Methods at their defaults "
-        "(Q-MUL: lr 0.01, 10 epochs, cosine, sequential loop); `rl`, `rl+sl`, `rl+agr` are Q-MUL with its parts "
-        "switched off. Gaps are to a QAT retrain at the same bit width; metrics on the exported integer model."
+        f"full precision), {args.epochs} epochs; random 10% forgetting; seeds {seeds}. "
+        + ("Methods at their reference defaults (`--untuned`)" if args.untuned else
+           "`random_label`, `qmul`, `l1_sparse` and `del` start from their tuned defaults for this setting "
+           "(`raysisa/methods/tuned.json`, the sweeps' winners on seeds 0 and 1; listed under each table)")
+        + "; `rl`, `rl+sl`, `rl+agr` are Q-MUL with its parts switched off, at the reference defaults (lr 0.01, 10 epochs). "
+        "Gaps are to a QAT retrain at the same bit width; metrics on the exported integer model."
+        + (f" {args.note}" if args.note else "")
         + (f" Rows at {', '.join(map(str, reused))} bits read back from the previous run of the same job (`--reuse`)." if reused else "")
     )
     body = meta + "\n\n" + "\n".join(findings) + "\n\n" + "\n\n".join(sections)
