@@ -5,7 +5,8 @@ stream — single random ids with class-wise bursts (a share of one class at onc
 touches every shard) — is submitted request by request. After each request the
 coordinator processes it (one batch) and the served ensemble's test accuracy is measured.
 At the end the approximate shards are retrained (eventual exactness), which every policy
-but PRS owes.
+but PRS owes. The stream and the replay are :mod:`raysisa.coordinator.replay`'s (the hybrid
+sweep study, ``tune_configs/hybrid-digits.yaml``, tunes the policy on the same kind of stream).
 
 Reported per policy: time to apply the stream (what a requester waits), requests per hour,
 the deferred cost of restoring exactness, accuracy after each request (min, final) and
@@ -28,17 +29,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
 from raysisa import SisaRun, StoreConfig, parse_config  # noqa: E402
 from raysisa.config import ClusterConfig, CoordinatorConfig, OhsConfig  # noqa: E402
-from raysisa.coordinator import submit  # noqa: E402
-from raysisa.coordinator.service import Coordinator  # noqa: E402
-from raysisa.evaluation.scenarios import train_labels  # noqa: E402
+from raysisa.coordinator.replay import deletion_stream as stream  # noqa: E402
+from raysisa.coordinator.replay import replay  # noqa: E402
 from raysisa.sisa.actors import RayPool, ray_session  # noqa: E402
 
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
@@ -60,51 +58,6 @@ POLICIES = {
     "HS": CoordinatorConfig(policy="hs", max_approx_updates=1000, max_drift_points=100),
     "OHS": CoordinatorConfig(policy="ohs", max_approx_updates=1000, max_drift_points=100),
 }
-
-
-def stream(run: SisaRun, singles: int, bursts: int, share: float, seed: int) -> list[list[int]]:
-    """Single random ids with ``bursts`` class-wise bursts spread through the stream."""
-    ids, labels = train_labels(run)
-    rng = np.random.default_rng(seed)
-    classes = rng.choice(np.unique(labels), size=bursts, replace=False)
-    burst_sets = [rng.choice(ids[labels == c], size=max(1, round(share * (labels == c).sum())), replace=False) for c in classes]
-    taken = set(np.concatenate(burst_sets).tolist())
-    pool = np.array([i for i in ids if i not in taken])
-    out = [[int(i)] for i in rng.choice(pool, size=singles, replace=False)]
-    for k, burst in enumerate(burst_sets):
-        out.insert((k + 1) * len(out) // (bursts + 1), sorted(int(i) for i in burst))
-    return out
-
-
-def replay(store: StoreConfig, config: CoordinatorConfig, requests: list[list[int]], pool: RayPool) -> dict:
-    config = config.model_copy(update={"window_seconds": 0.0, "idle_seconds": None})
-    coordinator = Coordinator(store, config, pool)
-    run = SisaRun(store)
-    timeline, applied, kinds = [], 0.0, {"retrain": 0, "update": 0}
-    for ids in requests:
-        submit(store, ids)
-        known = set(coordinator.ledger.batches())
-        started = time.perf_counter()
-        coordinator.step()
-        applied += time.perf_counter() - started
-        for batch in set(coordinator.ledger.batches()) - known:
-            plan = coordinator.ledger.objects.get_json(f"ledger/batches/{batch}.json")
-            for shard in plan["shards"].values():
-                kinds[shard["decision"]["kind"]] = kinds.get(shard["decision"]["kind"], 0) + 1
-        timeline.append({"request": len(timeline), "ids": len(ids), "applied_seconds": applied, "accuracy": run.evaluate(pool=pool).accuracy})
-    started = time.perf_counter()
-    coordinator.restore_exactness()
-    restore = time.perf_counter() - started
-    return {
-        "apply_seconds": applied,
-        "requests_per_hour": 3600 * len(requests) / applied,
-        "restore_seconds": restore,
-        "min_accuracy": min(t["accuracy"] for t in timeline),
-        "final_accuracy": timeline[-1]["accuracy"],
-        "exact_accuracy": run.evaluate(pool=pool).accuracy,
-        "shard_decisions": kinds,
-        "timeline": timeline,
-    }
 
 
 def bench(name: str, workdir: Path, pool_cluster: ClusterConfig, seed: int, sweep: bool) -> dict:

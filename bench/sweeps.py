@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
 
-STUDIES = ("qmul-cifar10", "del-cifar10", "l1-sparse-cifar10", "influence-cifar10")
+STUDIES = ("qmul-cifar10", "del-cifar10", "l1-sparse-cifar10", "influence-cifar10", "hybrid-digits")
 
 
 def _label(bits: int) -> str:
@@ -54,7 +54,7 @@ def _section(summary: dict, study, seconds: float | None) -> str:
         f"objective: Avg Gap to the retrained reference at the same bit width, TA floor {study.objective.ta_floor:g}."
         + (f" Wall time {seconds / 60:.0f} min." if seconds else ""),
         "",
-        "| method | bits | Avg Gap | UA | RA | TA | MIA-Eff. | RTE s | retrain s | epochs run | best hyperparameters |",
+        "| method | bits | Avg Gap (± std over seeds) | UA | RA | TA | MIA-Eff. | RTE s | retrain s | epochs run | best hyperparameters |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for cell in study.cells():
@@ -63,13 +63,23 @@ def _section(summary: dict, study, seconds: float | None) -> str:
             lines.append(f"| {cell.method} | {_label(cell.bits)} | no finished trial | | | | | | | | |")
             continue
         lines.append(
-            f"| {cell.method} | {_label(cell.bits)} | {row['avg_gap']:.2f} | {row['UA']:.2f} | {row['RA']:.2f} | {row['TA']:.2f} | "
+            f"| {cell.method} | {_label(cell.bits)} | {row['avg_gap']:.2f} ± {row['avg_gap_std']:.2f} | {row['UA']:.2f} | {row['RA']:.2f} | {row['TA']:.2f} | "
             f"{row['MIA']:.2f} | {row['rte_seconds']:.1f} | {row['retrain_seconds']:.1f} | {row['epochs_run']} | {_params(row['params'])} |"
         )
     name = summary["study"]
     lines += ["", f"![Avg Gap against bit width](bench/results/sweep_{name}_gap_vs_bits.png)",
               f"![Avg Gap against RTE](bench/results/sweep_{name}_gap_vs_rte.png)"]
     return "\n".join(lines)
+
+
+def _hybrid_section(study, paths, seconds: float | None) -> str:
+    """A hybrid study: its pareto.md (front and recommendation) and the plot."""
+    body = paths.files.get_bytes("report/pareto.md").decode().strip()
+    body = body.split("\n", 1)[1].strip() if body.startswith("# ") else body  # our own heading below
+    return "\n".join([
+        f"### {study.name}", "", study.description + (f" Wall time {seconds / 60:.0f} min." if seconds else ""), "", body, "",
+        f"![Requests per hour against the accuracy gap](bench/results/sweep_{study.name}_pareto.png)",
+    ])
 
 
 def tuned_entries(study, summary: dict) -> list[dict]:
@@ -125,6 +135,7 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from raysisa.tune import load_study, sweep, sweep_report
     from raysisa.tune.paths import SweepPaths
+    from raysisa.tune.spec import HybridStudySpec
 
     names = [n for n in args.studies.split(",") if n]
     sections, seconds, entries = [], {}, []
@@ -138,9 +149,13 @@ def main() -> None:
             seconds[name] = time.perf_counter() - started
             print(f"{name}: {result.cells} in {seconds[name]:.0f}s", flush=True)
         summary = sweep_report(args.storage, study.name)[0]
-        for plot in ("gap_vs_bits.png", "gap_vs_rte.png"):
+        hybrid = isinstance(study, HybridStudySpec)
+        for plot in ("pareto.png",) if hybrid else ("gap_vs_bits.png", "gap_vs_rte.png"):
             (out / f"sweep_{name}_{plot}").write_bytes(paths.files.get_bytes(f"report/{plot}"))
         (out / f"sweep_{name}.json").write_text(json.dumps(summary, indent=1, default=float))
+        if hybrid:
+            sections.append(_hybrid_section(study, paths, seconds.get(name)))
+            continue
         sections.append(_section(summary, study, seconds.get(name)))
         entries += tuned_entries(study, summary)
     import torch
@@ -149,8 +164,9 @@ def main() -> None:
         f"Run {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({platform.machine()}, CPU, torch {torch.__version__}); "
         f"`python bench/sweeps.py {' '.join(sys.argv[1:])}`. Each study is `tune_configs/<study>.yaml`: the bench recipe of "
         "`bench/quantized_unlearning.py` (CIFAR-10 subset 5000/1000, `small_cnn` width 16, LSQ QAT, 30 epochs), random 10% "
-        "forgetting, one Tune experiment per (method, bits). Rows are each cell's best trial (its last report: an ASHA-stopped "
-        "trial reports the epochs it ran)."
+        "forgetting, seeds 0 and 1 (each trial unlearns both; its Avg Gap is the mean), one Tune experiment per (method, bits). "
+        "Rows are each cell's best trial (its last report: an ASHA-stopped trial reports the epochs it ran). The hybrid study "
+        "(`kind: hybrid`) tunes the coordinator's policy on a recorded deletion stream instead."
     )
     body = meta + "\n\n" + "\n\n".join(sections)
     print(body)

@@ -326,18 +326,45 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     study = load_study(args.study)  # every field checked before Ray starts
     result = sweep(study, args.storage, resume=args.resume, cluster=_cluster(args))
-    _emit(args, {**vars(result)}, _sweep_lines(result.report, result.storage) + [
-        f"{len(result.cells)} cells, {sum(c['trials'] for c in result.cells.values())} trials "
-        f"({sum(c['errors'] for c in result.cells.values())} failed); originals and references: "
-        f"{result.slices_trained} slices trained ({'all reused' if not result.slices_trained else 'trained now'}); {result.seconds:.0f}s"
-    ])
+    trials = f"{sum(c['trials'] for c in result.cells.values())} trials ({sum(c['errors'] for c in result.cells.values())} failed)"
+    if result.report.get("kind") == "hybrid":
+        done = (f"{trials}; ensemble: {result.slices_trained} slices trained ({'reused' if not result.slices_trained else 'trained now'}), "
+                f"PRS baseline {'replayed now' if result.baseline_replayed else 'reused'}; {result.seconds:.0f}s")
+    else:
+        done = (f"{len(result.cells)} cells, {trials}; originals and references: "
+                f"{result.slices_trained} slices trained ({'all reused' if not result.slices_trained else 'trained now'}); {result.seconds:.0f}s")
+    _emit(args, {**vars(result)}, _sweep_lines(result.report, result.storage) + [done])
 
 
 def _sweep_lines(summary: dict[str, Any], where: str) -> list[str]:
+    if summary.get("kind") == "hybrid":
+        return _hybrid_lines(summary, where)
     lines = [f"study {summary['study']}: best trial per (method, bits), objective = Avg Gap (TA floor {summary['objective']['ta_floor']:g})"]
     for name, best in summary["best"].items():
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
         lines.append(f"  {name:<20} objective {best['objective']:.2f}  avg gap {best['avg_gap']:.2f} ± {best['avg_gap_std']:.2f}  TA {best['TA']:.1f}  {params}")
+    lines.append(f"report: {where}/report/ ({', '.join(f.rsplit('/', 1)[-1] for f in summary['files'])})")
+    return lines
+
+
+def _hybrid_lines(summary: dict[str, Any], where: str) -> list[str]:
+    """A hybrid study's summary: PRS, the recommendation, the Pareto front's size."""
+
+    def params(entry: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry["params"].items())
+
+    floor = summary["objective"]["accuracy_floor"]
+    lines = [f"study {summary['study']} (hybrid): requests per hour, final accuracy within {floor:g} pp of pure retraining (PRS)"]
+    baseline = summary.get("baseline")
+    if baseline:
+        lines.append(f"  PRS                  {baseline['requests_per_hour']:,.0f} requests/hour, final accuracy {baseline['final_accuracy']:.2f}%")
+    chosen = summary.get("recommendation")
+    if chosen:
+        lines.append(f"  recommended          {chosen['requests_per_hour']:,.0f} requests/hour ({chosen['gain']:.2f}x PRS), "
+                     f"gap to PRS {chosen['accuracy_gap']:+.2f} pp  {params(chosen)}")
+    else:
+        lines.append(f"  recommended          none: no trial within the floor ({summary['trials']} trials)")
+    lines.append(f"  Pareto front         {len(summary['pareto'])} of {summary['trials']} trials (report/pareto.md)")
     lines.append(f"report: {where}/report/ ({', '.join(f.rsplit('/', 1)[-1] for f in summary['files'])})")
     return lines
 
@@ -453,8 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file", required=True, help='JSON object {"subject key": [ids]}')
     p.set_defaults(func=cmd_subjects)
 
-    p = sub.add_parser("sweep", help="Ray Tune sweep of unlearning methods across bit widths (tune_configs/*.yaml)",
-                       description="Run a sweep study: one Tune experiment per (method, bits); --resume continues an interrupted one.")
+    p = sub.add_parser("sweep", help="Ray Tune sweep of unlearning methods across bit widths, or of the coordinator's policy (tune_configs/*.yaml)",
+                       description="Run a sweep study: one Tune experiment per (method, bits), or one for a hybrid study "
+                                   "(kind: hybrid, the coordinator's policy on a deletion stream); --resume continues an interrupted one.")
     p.add_argument("study", help="study file, e.g. tune_configs/digits.yaml")
     p.add_argument("--storage", required=True, help="where experiments go: a folder or a Tune URI, e.g. s3://bucket/sweeps?endpoint_override=HOST:PORT&scheme=http")
     p.add_argument("--resume", action="store_true", help="continue the study at --storage (finished trials are not run again)")

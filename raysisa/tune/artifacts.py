@@ -12,7 +12,8 @@ Layout under the models store (keys depend only on what determines their content
                                         its presence means both models are complete
 
 A second sweep over the same scenario finds the evaluation and opens both runs without
-writing anything.
+writing anything. A hybrid study keeps its scenario (ensemble, stream, PRS baseline) under
+``hybrid/`` of the same store (:mod:`raysisa.tune.hybrid`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from raysisa.sisa.shard import shard_refs
 from raysisa.store import ObjectStore
 from raysisa.tune.spec import StudySpec
 
-__all__ = ["Prepared", "prepare", "substore"]
+__all__ = ["Prepared", "prepare", "substore", "trained_run"]
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def _train_seconds(run: SisaRun) -> float:
     return float(sum(run.store.checkpoints.manifest(ref).get("train_seconds", 0.0) for ref in shard_refs(run.store, 0)[1:]))
 
 
-def _trained(spec: RunSpec, store: StoreConfig, exclude_ids: np.ndarray | None = None) -> tuple[SisaRun, int]:
+def trained_run(spec: RunSpec, store: StoreConfig, exclude_ids: np.ndarray | None = None) -> tuple[SisaRun, int]:
     """The run of ``spec`` at ``store``, trained; (run, slices trained now). A complete run
     is only read (no lease, no writes)."""
     run = SisaRun(store)
@@ -100,7 +101,7 @@ def prepare(study: StudySpec, bits: int, seed: int, models: StoreConfig) -> Prep
     spec = study.spec(bits, seed)
     fp = spec.fingerprint()[:16]
     root = ObjectStore(models)
-    original, trained = _trained(spec, substore(models, f"originals/{fp}"))
+    original, trained = trained_run(spec, substore(models, f"originals/{fp}"))
     forget = draw_forget_set(study.scenario.forget, original, seed)
     forget_sha = hashlib.sha256(np.asarray(forget, np.int64).tobytes()).hexdigest()[:16]
     evaluation_key = f"evaluations/{fp}-{forget_sha}-{_digest(study.scenario.forget.to_dict())}.json"
@@ -110,7 +111,7 @@ def prepare(study: StudySpec, bits: int, seed: int, models: StoreConfig) -> Prep
         return Prepared(**{**saved, "original": original.config, "reference": reference_store, "slices_trained": trained})
 
     forget_key = save_forget_set(root, study.scenario.forget, seed, forget, spec.data)
-    reference, more = _trained(spec, reference_store, forget)
+    reference, more = trained_run(spec, reference_store, forget)
     trained += more
     started = time.perf_counter()
     evaluator = Evaluator(original, forget, excluded_test_classes(study.scenario.forget))

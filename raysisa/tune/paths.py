@@ -71,6 +71,10 @@ class SweepPaths:
     def cell(self, cell: Cell) -> str:
         return _join(self.storage, self.study, cell.name)
 
+    def experiment(self, name: str) -> str:
+        """The Tune experiment ``name`` of the study (a hybrid study has one, ``hybrid``)."""
+        return _join(self.storage, self.study, name)
+
     @property
     def files(self) -> ObjectStore:
         """raysisa's objects of the study (study.json, prepared.json, report/)."""

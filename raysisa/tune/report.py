@@ -9,12 +9,14 @@ Written to ``<storage>/<study>/report/``:
   over the seeds);
 - ``gap_vs_rte.png``: every trial's Avg Gap against its run time (the cost of forgetting
   well), the retrained reference's time marked.
+
+A hybrid study (``kind: hybrid``) has its own report (:mod:`raysisa.tune.hybrid_report`):
+the same tables, and ``pareto.png``/``pareto.md`` instead of the two plots.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
 from typing import Any
 
@@ -25,21 +27,17 @@ from raysisa.errors import ConfigError
 from raysisa.evaluation.report import figure_png
 from raysisa.store import ObjectStore
 from raysisa.tune.paths import SweepPaths, storage_store
-from raysisa.tune.spec import FULL_PRECISION, Cell, StudySpec, parse_study
+from raysisa.tune.hybrid_report import write_hybrid_report
+from raysisa.tune.spec import FULL_PRECISION, AnyStudy, Cell, HybridStudySpec, StudySpec, parse_study
+from raysisa.tune.tables import experiment_trials as _trials
+from raysisa.tune.tables import markdown_table as _table
+from raysisa.tune.tables import number as _number
+from raysisa.tune.tables import plain as _plain
 from raysisa.tune.trial import REPORTED
 
 __all__ = ["trial_rows", "best_rows", "write_report", "sweep_report", "studies_at"]
 
 COLUMNS = ("method", "bits", "trial", "status", "epochs_run", *REPORTED)
-
-
-def _trials(path: str) -> list[Any]:
-    from ray.tune import ExperimentAnalysis
-
-    try:
-        return list(ExperimentAnalysis(path, default_metric="objective", default_mode="min").trials)
-    except (ValueError, FileNotFoundError, OSError):
-        return []  # not started yet
 
 
 def trial_rows(study: StudySpec, paths: SweepPaths) -> list[dict[str, Any]]:
@@ -62,10 +60,6 @@ def trial_rows(study: StudySpec, paths: SweepPaths) -> list[dict[str, Any]]:
     return rows
 
 
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
-
-
 def best_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The row with the lowest objective per cell (``<method>-w<bits>``), among trials that reported."""
     best: dict[str, dict[str, Any]] = {}
@@ -76,19 +70,6 @@ def best_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if name not in best or row["objective"] < best[name]["objective"]:
             best[name] = row
     return best
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            if math.isnan(value):
-                return ""
-            return f"{value:.3g}" if 0 < abs(value) < 0.1 else f"{value:.2f}"
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def _bits_label(bits: int) -> str:
@@ -141,8 +122,10 @@ def _gap_vs_rte(study: StudySpec, rows: list[dict[str, Any]]) -> bytes:
     return figure_png(fig)
 
 
-def write_report(study: StudySpec, paths: SweepPaths) -> dict[str, Any]:
+def write_report(study: AnyStudy, paths: SweepPaths) -> dict[str, Any]:
     """Write the report files of ``study``; returns the best trial per cell and the file keys."""
+    if isinstance(study, HybridStudySpec):
+        return write_hybrid_report(study, paths)
     rows = trial_rows(study, paths)
     best = best_rows(rows)
     files = paths.files
@@ -170,13 +153,6 @@ def write_report(study: StudySpec, paths: SweepPaths) -> dict[str, Any]:
     files.put_bytes("report/gap_vs_rte.png", _gap_vs_rte(study, rows))
     summary["files"] = [f"report/{name}" for name in ("trials.parquet", "trials.md", "best.json", "best.md", "gap_vs_bits.png", "gap_vs_rte.png")]
     return summary
-
-
-def _plain(value: Any) -> Any:
-    """Sampled values as Parquet-friendly scalars (a choice may mix types: keep them as JSON)."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return json.dumps(value) if isinstance(value, bool) else value
-    return json.dumps(value)
 
 
 def studies_at(storage: str) -> list[str]:

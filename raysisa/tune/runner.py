@@ -10,6 +10,10 @@ Layout under ``--storage`` (a folder, or any URI Ray Tune accepts, e.g.
     <study>/report/               trials.md, trials.parquet, best.md, best.json, *.png
     models/                       originals and references (shared by every study here)
 
+A hybrid study (``kind: hybrid``) has one Tune experiment, ``<study>/hybrid/``, and its
+prepared scenario (the ensemble, the recorded stream, the PRS baseline) lives under
+``models/hybrid/`` (:mod:`raysisa.tune.hybrid`); ``prepared.json`` records where.
+
 A cell is independent of the others: its search algorithm and scheduler see only its own
 trials (ASHA would otherwise stop one method for being worse than another), and a resumed
 sweep restores each cell with ``Tuner.restore``: finished trials are not run again, and a
@@ -26,11 +30,13 @@ from typing import Any
 from raysisa.config import ClusterConfig, StoreConfig
 from raysisa.errors import ConfigError, StoreBusyError
 from raysisa.tune.artifacts import Prepared, prepare
+from raysisa.tune.hybrid import HybridPrepared, HybridSetup, prepare_hybrid, run_hybrid_trial
+from raysisa.tune.hybrid_report import HYBRID_EXPERIMENT
 from raysisa.tune.paths import SweepPaths
-from raysisa.tune.spec import Cell, StudySpec
+from raysisa.tune.spec import AnyStudy, Cell, HybridStudySpec, StudySpec
 from raysisa.tune.trial import TrialSetup, run_trial
 
-__all__ = ["SweepResult", "sweep", "cell_tuner"]
+__all__ = ["SweepResult", "sweep", "cell_tuner", "hybrid_tuner"]
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +48,13 @@ class SweepResult:
     study: str
     storage: str
     cells: dict[str, dict[str, int]] = field(default_factory=dict)
-    slices_trained: int = 0  # originals and references trained by this sweep
+    slices_trained: int = 0  # originals and references (a hybrid study: its ensemble) trained by this sweep
+    baseline_replayed: bool = False  # a hybrid study: whether this sweep replayed the PRS baseline
     report: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
 
-def _check_study(paths: SweepPaths, study: StudySpec, resume: bool) -> None:
+def _check_study(paths: SweepPaths, study: AnyStudy, resume: bool) -> None:
     """Record the study in ``study.json`` (a conditional create: of two sweeps that start the
     same new study, one records it), or check that a stored one is this study and resumed."""
     files = paths.files
@@ -108,13 +115,46 @@ def cell_tuner(study: StudySpec, cell: Cell, paths: SweepPaths, setup: TrialSetu
     return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
 
 
+def _hybrid_trainable(setup: HybridSetup):
+    from ray import tune
+
+    def trial(config: dict[str, Any]) -> None:
+        run_hybrid_trial(config, setup, tune.report)
+
+    trial.__name__ = "hybrid"
+    return trial
+
+
+def hybrid_tuner(study: HybridStudySpec, paths: SweepPaths, setup: HybridSetup, resume: bool):
+    """The Tune experiment of a hybrid study (FIFO: a trial reports once, after the stream),
+    restored from storage when ``resume`` and present."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    trainable = tune.with_resources(_hybrid_trainable(setup), {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
+    path = paths.experiment(HYBRID_EXPERIMENT)
+    if resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable=trainable)
+    tune_config = tune.TuneConfig(
+        metric="objective",
+        mode="min",
+        num_samples=study.trials,
+        search_alg=_search(study),
+        scheduler=FIFOScheduler(),
+        max_concurrent_trials=study.resources.max_concurrent,
+    )
+    run_config = tune.RunConfig(name=HYBRID_EXPERIMENT, storage_path=paths.root, verbose=0, log_to_file=True)
+    space = {name: domain.to_tune() for name, domain in study.space.items()}
+    return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
+
+
 def _default_epochs(method: str, fixed: dict[str, Any]) -> int:
     from raysisa.methods import get_method
 
     return get_method(method, fixed).args.epochs
 
 
-def _search(study: StudySpec):
+def _search(study: AnyStudy):
     if study.search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
@@ -133,7 +173,7 @@ def _scheduler(study: StudySpec, max_epochs: int):
     return ASHAScheduler(time_attr="training_iteration", max_t=max_epochs, grace_period=min(spec.grace_period, max_epochs), reduction_factor=spec.reduction_factor)
 
 
-def sweep(study: StudySpec, storage: str, *, resume: bool = False, cluster: ClusterConfig | None = None) -> SweepResult:
+def sweep(study: AnyStudy, storage: str, *, resume: bool = False, cluster: ClusterConfig | None = None) -> SweepResult:
     """Run (or ``resume``) ``study`` with its Tune experiments under ``storage``; write its report.
 
     Raises:
@@ -155,7 +195,7 @@ def sweep(study: StudySpec, storage: str, *, resume: bool = False, cluster: Clus
     return result
 
 
-def _study_lease(paths: SweepPaths, study: StudySpec):
+def _study_lease(paths: SweepPaths, study: AnyStudy):
     """One sweep of a study at a time: the study folder's writer lease (two Tune drivers on
     one experiment would overwrite each other's state). A killed sweep's lease is free at
     once on this machine and expires by itself elsewhere."""
@@ -167,10 +207,14 @@ def _study_lease(paths: SweepPaths, study: StudySpec):
         raise StoreBusyError(f"study {study.name!r} is being swept by another process; {exc}") from None
 
 
-def _run(study: StudySpec, paths: SweepPaths, resume: bool, result: SweepResult) -> None:
+def _run(study: AnyStudy, paths: SweepPaths, resume: bool, result: SweepResult) -> None:
     from raysisa.tune.report import write_report
 
     _check_study(paths, study, resume)
+    if isinstance(study, HybridStudySpec):
+        _run_hybrid(study, paths, resume, result)
+        result.report = write_report(study, paths)
+        return
     models = paths.models
     prepared = _prepare_all(study, models)
     result.slices_trained = sum(p.slices_trained for p in prepared)
@@ -185,3 +229,20 @@ def _run(study: StudySpec, paths: SweepPaths, resume: bool, result: SweepResult)
         }
         log.info("sweep %s: cell %s done (%s)", study.name, cell.name, result.cells[cell.name])
     result.report = write_report(study, paths)
+
+
+def _run_hybrid(study: HybridStudySpec, paths: SweepPaths, resume: bool, result: SweepResult) -> None:
+    """Prepare the scenario once (a Ray task with a trial's resources), then run the study's
+    one Tune experiment."""
+    import ray
+
+    models = paths.models
+    resources = study.resources
+    task = ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu, max_retries=1)(prepare_hybrid)
+    prepared: HybridPrepared = ray.get(task.remote(study, models, resources.threads, resources.device))
+    result.slices_trained = prepared.slices_trained
+    result.baseline_replayed = prepared.replayed
+    paths.files.put_json("prepared.json", prepared.to_dict())
+    grid = hybrid_tuner(study, paths, HybridSetup.of(study, models, prepared), resume).fit()
+    result.cells[HYBRID_EXPERIMENT] = {"trials": len(grid), "errors": len(grid.errors), "finished": sum(1 for r in grid if r.error is None)}
+    log.info("sweep %s: done (%s)", study.name, result.cells[HYBRID_EXPERIMENT])

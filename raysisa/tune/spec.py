@@ -17,6 +17,24 @@ algorithm and scheduler, and the resources of one trial::
 
 Every (method, bits) pair is one cell: a Tune experiment of ``trials`` trials. Errors name
 the bad field, e.g. ``methods.qmul.space.lrr: unknown parameter of qmul``.
+
+A second kind of study, ``kind: hybrid`` (:class:`HybridStudySpec`), tunes the
+coordinator's retrain-or-update policy (ρ, the OHS budget, the DPUS method and its epochs,
+the debt bounds) on a recorded stream of deletion requests, maximising requests per hour
+under a floor on the final accuracy relative to pure retraining (PRS)::
+
+    kind: hybrid
+    name: hybrid-digits
+    scenario:
+      job: {data: {source: digits}, model: {width: 8}, sharding: {num_shards: 5, num_slices: 4}}
+      stream: {singles: 12, bursts: 2, burst_share: 0.2, seed: 0}
+    fixed: {max_drift_points: 100}
+    space: {policy: {choice: [hs, ohs]}, rho: {uniform: [0.1, 0.9]}, dpus.epochs: {randint: [1, 4]}}
+    objective: {metric: requests_per_hour, accuracy_floor: 1.0}
+    trials: 8
+
+A study without ``kind`` (or with ``kind: methods``) is a method sweep (:class:`StudySpec`);
+:func:`parse_study` and :func:`load_study` return the right class.
 """
 
 from __future__ import annotations
@@ -30,7 +48,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from raysisa.config import ConfigModel, JobConfig, RandomForget, RunSpec, Scenario, parse_config
+from raysisa.config import ConfigModel, CoordinatorConfig, JobConfig, OhsConfig, RandomForget, RunSpec, Scenario, parse_config
 from raysisa.config.base import registered, validate
 from raysisa.config.job import read_yaml
 from raysisa.config.recipe import SUPPORTED_BITS
@@ -49,6 +67,13 @@ __all__ = [
     "TrialResources",
     "StudySpec",
     "Cell",
+    "StreamSpec",
+    "HybridScenario",
+    "HybridObjective",
+    "HybridStudySpec",
+    "AnyStudy",
+    "coordinator_path",
+    "coordinator_config",
     "load_study",
     "parse_study",
     "FULL_PRECISION",
@@ -358,18 +383,308 @@ class Cell(ConfigModel):
         return f"{self.method}-w{self.bits}"
 
 
-def parse_study(data: Any) -> StudySpec:
-    """Validate a study mapping (as read from YAML)."""
+# -- the hybrid study: the coordinator's policy on a recorded stream of deletion requests ------
+
+# Coordinator settings the replay sets itself (one batch per request as it arrives, no idle
+# restoration, every request taken): tuning them would measure something else.
+REPLAY_SETTINGS = ("window_seconds", "idle_seconds", "poll_seconds", "max_batch", "max_request_ids", "defer_seconds")
+_DPUS_FIELDS = ("method", "args", "quantized_method", "quantized_args")
+
+
+def coordinator_path(name: str) -> tuple[str, ...]:
+    """Where the dotted parameter ``name`` of a hybrid study sits in a coordinator config:
+    ``rho`` -> ``("rho",)``, ``ohs.budget`` -> ``("ohs", "budget")``, ``dpus.method`` ->
+    ``("dpus", "method")``, ``dpus.args.lr`` -> ``("dpus", "args", "lr")``, and the short
+    form ``dpus.epochs`` -> ``("dpus", "args", "epochs")`` (a name under ``dpus`` that is not
+    a field of the DPUS section is a hyperparameter of the DPUS method).
+
+    Raises:
+        ValueError: ``name`` is no tunable coordinator parameter (the message says why).
+    """
+    parts = tuple(name.split("."))
+    root = parts[0]
+    fields = CoordinatorConfig.model_fields
+    if root not in fields:
+        valid = [f for f in sorted(fields) if f not in (*REPLAY_SETTINGS, "dpus", "ohs")]
+        raise ValueError(f"unknown coordinator parameter; valid: {', '.join(valid)}, dpus.<field or DPUS hyperparameter>, ohs.<field>")
+    if root in REPLAY_SETTINGS:
+        raise ValueError(f"not tunable: the replay sets {', '.join(REPLAY_SETTINGS)} itself (one batch per request, no idle restoration)")
+    if root == "dpus":
+        if len(parts) == 2 and parts[1] in ("method", "quantized_method"):
+            return parts
+        if len(parts) == 3 and parts[1] in ("args", "quantized_args"):
+            return parts
+        if len(parts) == 2 and parts[1] not in _DPUS_FIELDS:
+            return ("dpus", "args", parts[1])
+        raise ValueError("unknown coordinator parameter; name dpus.method, dpus.quantized_method, a hyperparameter of the "
+                         "DPUS method (dpus.epochs, dpus.args.lr) or of the quantized one (dpus.quantized_args.epochs)")
+    if root == "ohs":
+        if len(parts) == 2 and parts[1] in OhsConfig.model_fields:
+            return parts
+        raise ValueError(f"unknown coordinator parameter; valid: {', '.join(f'ohs.{f}' for f in OhsConfig.model_fields)}")
+    if len(parts) != 1:
+        raise ValueError(f"unknown coordinator parameter; {root} has no fields")
+    return parts
+
+
+def coordinator_config(fixed: dict[str, Any], sampled: dict[str, Any] | None = None) -> CoordinatorConfig:
+    """The coordinator config of a hybrid trial: the defaults, then ``fixed``, then the
+    ``sampled`` values (both keyed by dotted names, see :func:`coordinator_path`).
+
+    Raises:
+        ConfigError: a value the coordinator config refuses (naming its field).
+        ValueError: an unknown parameter name.
+    """
+    data = CoordinatorConfig().to_dict()
+    for name, value in {**fixed, **(sampled or {})}.items():
+        *parents, leaf = coordinator_path(name)
+        node = data
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return validate(CoordinatorConfig, data)
+
+
+def _dpus_method_problem(method: Any) -> str | None:
+    """Why ``method`` cannot be the coordinator's direct update (None: it can)."""
+    if not isinstance(method, str) or method not in METHODS:
+        return METHODS.unknown(str(method))
+    if METHODS.get(method).retrains:
+        return f"{method} retrains exactly; DPUS is a direct update (the policy decides when to retrain)"
+    return None
+
+
+def _coordinator_problem(fixed: dict[str, Any], sampled: dict[str, Any]) -> str | None:
+    """Why the coordinator config of ``fixed`` + ``sampled`` is invalid, its DPUS methods
+    included (None: it is valid)."""
+    try:
+        config = coordinator_config(fixed, sampled)
+    except ConfigError as exc:
+        return str(exc).replace("invalid configuration: ", "")
+    dpus = config.dpus
+    for where, method, args in (("dpus.method", dpus.method, dpus.args), ("dpus.quantized_method", dpus.quantized_method, dpus.quantized_args)):
+        problem = _dpus_method_problem(method)
+        if problem:
+            return f"{where}: {problem}"
+        problem = _method_problem(method, args)
+        if problem:
+            return f"{where} {method}: {problem}"
+    return None
+
+
+class StreamSpec(ConfigModel):
+    """The recorded stream of deletion requests
+    (:func:`~raysisa.coordinator.replay.deletion_stream`): ``singles`` requests of one random
+    id, with ``bursts`` class-wise requests (``burst_share`` of one class each) spread
+    through them; drawn once with ``seed`` and stored, so every trial replays the same."""
+
+    singles: int = Field(12, ge=0, le=100_000)
+    bursts: int = Field(2, ge=0, le=1000)
+    burst_share: float = Field(0.2, gt=0, le=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _some(self) -> StreamSpec:
+        if self.singles + self.bursts == 0:
+            raise ValueError("singles: an empty stream (singles + bursts = 0)")
+        return self
+
+
+class HybridScenario(ConfigModel):
+    """What every hybrid trial replays.
+
+    Args:
+        job: the SISA ensemble's recipe, a raysisa config (``data``, ``model``, ``train``,
+            ``sharding``: S shards x R slices), trained once.
+        stream: the deletion requests.
+    """
+
+    job: dict[str, Any] = Field(default_factory=dict)
+    stream: StreamSpec = Field(default_factory=StreamSpec)
+
+    @field_validator("job")
+    @classmethod
+    def _valid_job(cls, value: dict[str, Any]) -> dict[str, Any]:
+        allowed = {"data", "model", "train", "sharding"}
+        extra = set(value) - allowed
+        if extra:
+            raise ValueError(f"scenario.job takes only {sorted(allowed)} (got {sorted(extra)}); the coordinator is tuned in space/fixed")
+        try:
+            parse_config(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc).replace("invalid configuration: ", "")) from None
+        return _absolute_data_paths(value)
+
+
+class HybridObjective(ConfigModel):
+    """Maximise requests per hour (Tune minimises ``objective`` = −requests/hour) among
+    trials whose final served accuracy is at most ``accuracy_floor`` points below pure
+    retraining's (PRS) on the same stream.
+
+    A trial over the floor scores its excess, ``accuracy_gap − accuracy_floor`` (> 0): worse
+    than every trial within the floor (those score < 0), and ordered by how far it missed.
+    A trial whose numbers are not finite scores 1e9, the worst.
+
+    Requests per hour are wall-clock, as a requester sees them: trials that share a machine
+    slow each other (and PRS's baseline is replayed alone), so a study that compares times
+    runs its trials one at a time (``resources.max_concurrent: 1``).
+    """
+
+    metric: Literal["requests_per_hour"] = "requests_per_hour"
+    accuracy_floor: float = Field(1.0, ge=0, le=100)
+
+    def feasible(self, accuracy_gap: float) -> bool:
+        """Whether a trial with this gap (PRS final accuracy − the trial's, in points) is within the floor."""
+        return math.isfinite(accuracy_gap) and accuracy_gap <= self.accuracy_floor
+
+    def score(self, requests_per_hour: float, accuracy_gap: float) -> float:
+        if not (math.isfinite(requests_per_hour) and math.isfinite(accuracy_gap)):
+            return 1e9  # the worst score there is (NaN would break the search)
+        if self.feasible(accuracy_gap):
+            return -requests_per_hour
+        return accuracy_gap - self.accuracy_floor
+
+
+class HybridStudySpec(ConfigModel):
+    """A hybrid study (see the module docstring): the coordinator's policy parameters,
+    searched on one recorded stream, scored by requests per hour under an accuracy floor.
+
+    Args:
+        kind: ``hybrid``.
+        scenario: the ensemble's recipe and the stream.
+        fixed: coordinator parameters set for every trial (dotted names, see
+            :func:`coordinator_path`); the rest keep the coordinator's defaults.
+        space: the parameters to search, each a :class:`Domain`.
+        objective: requests per hour under an accuracy floor relative to PRS.
+        search: the search algorithm.
+        scheduler: ``fifo`` (a trial reports once, after the whole stream).
+        trials: how many configurations to try.
+        resources: what one trial reserves (it runs the shards one after another, in-process).
+    """
+
+    kind: Literal["hybrid"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    scenario: HybridScenario = Field(default_factory=HybridScenario)
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Domain] = Field(min_length=1)
+    objective: HybridObjective = Field(default_factory=HybridObjective)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    scheduler: SchedulerSpec = Field(default_factory=lambda: SchedulerSpec(kind="fifo"))
+    trials: int = Field(8, ge=1, le=10_000)
+    resources: TrialResources = Field(default_factory=TrialResources)
+
+    @field_validator("scheduler")
+    @classmethod
+    def _fifo(cls, value: SchedulerSpec) -> SchedulerSpec:
+        if value.kind != "fifo":
+            raise ValueError("kind: a hybrid trial reports once, after the whole stream; only fifo applies")
+        return value
+
+    @model_validator(mode="after")
+    def _parameters(self) -> HybridStudySpec:
+        for group in ("fixed", "space"):
+            for name in getattr(self, group):
+                try:
+                    coordinator_path(name)
+                except ValueError as exc:
+                    raise ValueError(f"{group}.{name}: {exc}") from None
+        paths = {coordinator_path(n): n for n in self.space}
+        for name in self.fixed:
+            if coordinator_path(name) in paths:
+                raise ValueError(f"fixed.{name}: is in the search space too ({paths[coordinator_path(name)]})")
+        # every DPUS method the search may pick (the fixed one, or each choice)
+        method_domain = self.space.get("dpus.method")
+        methods = method_domain.extremes() if method_domain is not None else [None]
+        for method in methods if method_domain is not None else []:
+            problem = _dpus_method_problem(method)
+            if problem:
+                raise ValueError(f"space.dpus.method: {method!r} is not a valid value ({problem})")
+        pinned_methods = {n: v for n, v in self.fixed.items() if coordinator_path(n) in (("dpus", "method"), ("dpus", "quantized_method"))}
+        for name, value in self.fixed.items():
+            path = coordinator_path(name)
+            for method in methods if path[:2] == ("dpus", "args") else [None]:
+                pinned = {**pinned_methods, **({"dpus.method": method} if method is not None else {})}
+                problem = self._unknown_method_parameter(path, pinned)
+                if problem:
+                    raise ValueError(f"fixed.{name}: {problem}")
+                problem = _coordinator_problem({**pinned, name: value}, {})
+                if problem:
+                    raise ValueError(f"fixed.{name}: {value!r} is not a valid value ({problem})")
+        problem = _coordinator_problem(self.fixed, {})
+        if problem:
+            raise ValueError(f"fixed: {problem}")
+        # the method choice first: the other parameters are checked with each method
+        for name in sorted(self.space, key=lambda n: n != "dpus.method"):
+            domain, path = self.space[name], coordinator_path(name)
+            for method in methods if path[:2] == ("dpus", "args") else [None]:
+                pinned = {"dpus.method": method} if method is not None else {}
+                problem = self._unknown_method_parameter(path, pinned)
+                if problem:
+                    raise ValueError(f"space.{name}: {problem}")
+                for value in domain.extremes():
+                    problem = _coordinator_problem(self.fixed, {**pinned, name: value})
+                    if problem:
+                        with_method = f" with dpus.method {method!r}" if method is not None else ""
+                        raise ValueError(f"space.{name}: {value!r} is not a valid value{with_method} ({problem})")
+        return self
+
+    def _unknown_method_parameter(self, path: tuple[str, ...], pinned: dict[str, Any]) -> str | None:
+        """Why ``dpus.(quantized_)args.<p>`` is no hyperparameter of the DPUS method it goes to (None: it is, or
+        ``path`` is no method hyperparameter)."""
+        if path[:2] not in (("dpus", "args"), ("dpus", "quantized_args")):
+            return None
+        methods = {n: v for n, v in {**self.fixed, **pinned}.items() if coordinator_path(n) in (("dpus", "method"), ("dpus", "quantized_method"))}
+        try:
+            dpus = coordinator_config(methods).dpus  # only the method names: the other settings are checked on their own
+        except ConfigError:
+            return None  # a method name that is no string: reported with the method
+        method = dpus.method if path[1] == "args" else dpus.quantized_method
+        if method not in METHODS:
+            return None  # reported with the method
+        fields = METHODS.get(method).Args.model_fields
+        if len(path) == 3 and path[2] not in fields:
+            return f"unknown parameter of {method} (the DPUS method); valid: {', '.join(sorted(fields))}"
+        return None
+
+    def job(self) -> JobConfig:
+        """The SISA ensemble's full config."""
+        return parse_config(json.loads(json.dumps(self.scenario.job)))
+
+    def spec(self) -> RunSpec:
+        return self.job().spec
+
+    def coordinator(self, sampled: dict[str, Any]) -> CoordinatorConfig:
+        """A trial's coordinator config: defaults, ``fixed``, then the ``sampled`` values."""
+        return coordinator_config(self.fixed, sampled)
+
+    def digest(self) -> str:
+        """A short hash of the whole study."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+AnyStudy = StudySpec | HybridStudySpec
+STUDY_KINDS = ("methods", "hybrid")
+
+
+def parse_study(data: Any) -> AnyStudy:
+    """Validate a study mapping (as read from YAML): a :class:`HybridStudySpec` for
+    ``kind: hybrid``, else a method sweep (:class:`StudySpec`)."""
     if not isinstance(data, dict):
         raise ConfigError("a study must be a mapping (name, scenario, quantization, methods, ...)")
+    kind = data.get("kind", "methods")
+    if kind not in STUDY_KINDS:
+        raise ConfigError(f"invalid study: kind: must be one of {', '.join(STUDY_KINDS)} (got {kind!r})")
     try:
-        return validate(StudySpec, data)
+        if kind == "hybrid":
+            return validate(HybridStudySpec, data)
+        return validate(StudySpec, {k: v for k, v in data.items() if k != "kind"})  # a method study's dict has no kind
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("invalid configuration: ", "invalid study: ", 1)) from None
 
 
-def load_study(path: str | Path) -> StudySpec:
-    """Read and validate ``tune_configs/FILE.yaml``.
+def load_study(path: str | Path) -> AnyStudy:
+    """Read and validate ``tune_configs/FILE.yaml`` (either kind).
 
     Raises:
         ConfigError: unreadable or invalid, naming the bad field.
