@@ -41,6 +41,20 @@ VARIANTS = {
 METHODS = ["rl", "rl+sl", "rl+agr", "random_label", "qmul", "l1_sparse", "del"]
 
 
+def _tuned_note(reports: dict) -> str:
+    """Which methods started from a tuned default (raysisa/methods/tuned.json) at which bits."""
+    from raysisa.methods.tuned import Setting, tuned_args
+
+    used = []
+    for bits, report in reports.items():
+        setting = Setting.of(parse_config(report.job).spec)
+        names = [m for m in METHODS if m not in VARIANTS and tuned_args(m, setting) is not None]
+        used.append(f"{', '.join(f'`{m}`' for m in names) or 'none'} at {'FP' if bits == 32 else f'W{bits}'}")
+    return ("Methods start from their tuned defaults for this setting where `raysisa/methods/tuned.json` has one (the sweeps' "
+            f"winners on seeds 0 and 1; hyperparameters listed under each table): {'; '.join(used)}; the others at their "
+            "reference defaults")
+
+
 def _short(args: dict) -> str:
     """The hyperparameters that matter for reading the table (not batch size, loop, ...)."""
     keys = ("lr", "epochs", "similar_labels", "agr", "gamma", "alpha", "resample")
@@ -128,9 +142,7 @@ def main() -> None:
         f"`python bench/quantized_unlearning.py {' '.join(sys.argv[1:])}`. CIFAR-10 subset: {args.limit} training / "
         f"{args.test_limit} test images (shared JPEG copy); `small_cnn` width 16 with LSQ QAT (first conv and classifier "
         f"full precision), {args.epochs} epochs; random 10% forgetting; seeds {seeds}. "
-        + ("Methods at their reference defaults (`--untuned`)" if args.untuned else
-           "`random_label`, `qmul`, `l1_sparse` and `del` start from their tuned defaults for this setting "
-           "(`raysisa/methods/tuned.json`, the sweeps' winners on seeds 0 and 1; listed under each table)")
+        + ("Methods at their reference defaults (`--untuned`)" if args.untuned else _tuned_note(reports))
         + "; `rl`, `rl+sl`, `rl+agr` are Q-MUL with its parts switched off, at the reference defaults (lr 0.01, 10 epochs). "
         "Gaps are to a QAT retrain at the same bit width; metrics on the exported integer model."
         + (f" {args.note}" if args.note else "")

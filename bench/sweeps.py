@@ -9,8 +9,10 @@ and write the best trial per (method, bits) into BENCHMARKS.md, with the plots.
 ``--write-defaults`` writes every cell's best trial (when it met the TA floor) to
 ``raysisa/methods/tuned.json``: the method's tuned defaults for that setting (data set,
 model, bits), with the study, trial and Avg Gap they came from. A method tuned in two
-studies (FT is the baseline of two) keeps the lower Avg Gap: both score against the same
-references.
+studies keeps the lower Avg Gap: both score against the same references. An entry whose
+``epochs_run`` is below its ``epochs`` won after ASHA stopped it: its score was measured
+that far into its schedule, and a full run of the tuned default can score differently
+(``bench/quantized_unlearning.py`` measures it).
 
 Every trial of a study starts from the same stored original of its bit width and is scored
 against the same retrained reference (trained once, shared by the three studies), so the
@@ -99,7 +101,8 @@ def tuned_entries(study, summary: dict) -> list[dict]:
             "params": params,
             "source": {"study": f"tune_configs/{study.name}.yaml", "trial": row["trial"], "avg_gap": round(row["avg_gap"], 3),
                        "avg_gap_std": round(row["avg_gap_std"], 3), "seeds": list(study.scenario.seeds),
-                       "trials": study.trials_of(cell.method), "date": time.strftime("%Y-%m-%d")},
+                       "trials": study.trials_of(cell.method), "epochs_run": row["epochs_run"],
+                       "date": time.strftime("%Y-%m-%d")},
         })
     return entries
 

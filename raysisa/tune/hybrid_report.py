@@ -28,7 +28,7 @@ from raysisa.evaluation.report import figure_png
 from raysisa.tune.hybrid import HYBRID_REPORTED, pareto_front, recommend
 from raysisa.tune.paths import SweepPaths
 from raysisa.tune.spec import HybridStudySpec
-from raysisa.tune.tables import experiment_trials, markdown_table, number, plain
+from raysisa.tune.tables import experiment_trials, markdown_table, number, plain, sampled_params
 
 __all__ = ["HYBRID_EXPERIMENT", "HYBRID_FILES", "hybrid_rows", "baseline_of", "pareto_markdown", "write_hybrid_report"]
 
@@ -68,12 +68,8 @@ def baseline_of(paths: SweepPaths) -> dict[str, Any] | None:
             "initial_accuracy": prepared["initial_accuracy"]}
 
 
-def _params(row: dict[str, Any]) -> dict[str, Any]:
-    return {k[len("param."):]: plain(v) for k, v in row.items() if k.startswith("param.")}
-
-
 def _params_text(row: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in _params(row).items())
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sampled_params(row).items())
 
 
 def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -221,7 +217,7 @@ def write_hybrid_report(study: HybridStudySpec, paths: SweepPaths) -> dict[str, 
     front = [r for r in rows if r["pareto"]]
 
     def entry(row: dict[str, Any]) -> dict[str, Any]:
-        return {"trial": row["trial"], "params": _params(row), **{k: row[k] for k in HYBRID_REPORTED}, "feasible": row["feasible"]}
+        return {"trial": row["trial"], "params": sampled_params(row), **{k: row[k] for k in HYBRID_REPORTED}, "feasible": row["feasible"]}
 
     summary: dict[str, Any] = {
         "study": study.name,

@@ -33,6 +33,7 @@ from raysisa.tune.tables import experiment_trials as _trials
 from raysisa.tune.tables import markdown_table as _table
 from raysisa.tune.tables import number as _number
 from raysisa.tune.tables import plain as _plain
+from raysisa.tune.tables import sampled_params
 from raysisa.tune.trial import REPORTED
 
 __all__ = ["trial_rows", "best_rows", "write_report", "sweep_report", "studies_at"]
@@ -141,7 +142,7 @@ def write_report(study: AnyStudy, paths: SweepPaths) -> dict[str, Any]:
     summary = {
         "study": study.name,
         "objective": study.objective.to_dict(),
-        "best": {name: {"params": {k[6:]: _plain(v) for k, v in row.items() if k.startswith("param.")},
+        "best": {name: {"params": sampled_params(row),
                         **{k: row[k] for k in ("objective", "avg_gap", "avg_gap_std", "UA", "RA", "TA", "MIA", "rte_seconds", "retrain_seconds", "trial", "epochs_run")}}
                  for name, row in best.items()},
         "trials": len(rows),

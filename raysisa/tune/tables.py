@@ -44,3 +44,9 @@ def plain(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return json.dumps(value) if isinstance(value, bool) else value
     return json.dumps(value)
+
+
+def sampled_params(row: dict[str, Any]) -> dict[str, Any]:
+    """A trial row's sampled hyperparameters (its ``param.*`` columns) as sampled: JSON's
+    own types (a bool stays a bool; only the Parquet table encodes it, see :func:`plain`)."""
+    return {k[len("param."):]: v for k, v in row.items() if k.startswith("param.")}
