@@ -333,7 +333,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     else:
         done = (f"{len(result.cells)} cells, {trials}; originals and references: "
                 f"{result.slices_trained} slices trained ({'all reused' if not result.slices_trained else 'trained now'}); {result.seconds:.0f}s")
+    if result.interrupted:
+        done += "; interrupted: continue with --resume"
     _emit(args, {**vars(result)}, _sweep_lines(result.report, result.storage) + [done])
+    if result.interrupted:
+        raise SystemExit(130)  # the shell's code for a run stopped by Ctrl-C
 
 
 def _sweep_lines(summary: dict[str, Any], where: str) -> list[str]:

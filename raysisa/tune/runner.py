@@ -49,6 +49,7 @@ class SweepResult:
     storage: str
     cells: dict[str, dict[str, int]] = field(default_factory=dict)
     slices_trained: int = 0  # originals and references (a hybrid study: its ensemble) trained by this sweep
+    interrupted: bool = False  # stopped (Ctrl-C) with trials not run: continue with --resume
     baseline_replayed: bool = False  # a hybrid study: whether this sweep replayed the PRS baseline
     report: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
@@ -221,14 +222,32 @@ def _run(study: AnyStudy, paths: SweepPaths, resume: bool, result: SweepResult) 
     paths.files.put_json("prepared.json", [p.to_dict() for p in prepared])
     for cell in study.cells():
         setup = TrialSetup.of(study, cell.method, cell.bits, models, prepared)
-        grid = cell_tuner(study, cell, paths, setup, resume).fit()
-        result.cells[cell.name] = {
-            "trials": len(grid),
-            "errors": len(grid.errors),
-            "finished": sum(1 for r in grid if r.error is None),
-        }
+        cell_tuner(study, cell, paths, setup, resume).fit()
+        result.cells[cell.name] = _outcome(paths.cell(cell))
+        if _stopped(study, result, cell.name):
+            break
         log.info("sweep %s: cell %s done (%s)", study.name, cell.name, result.cells[cell.name])
     result.report = write_report(study, paths)
+
+
+def _outcome(experiment: str) -> dict[str, int]:
+    """Trial counts of one experiment by status: Tune's ``fit`` returns early on Ctrl-C
+    (SIGINT), leaving trials pending, which a resume runs."""
+    from raysisa.tune.tables import experiment_trials
+
+    statuses = [t.status for t in experiment_trials(experiment)]
+    finished, errors = statuses.count("TERMINATED"), statuses.count("ERROR")
+    return {"trials": len(statuses), "errors": errors, "finished": finished, "pending": len(statuses) - finished - errors}
+
+
+def _stopped(study: AnyStudy, result: SweepResult, name: str) -> bool:
+    """Whether the experiment ``name`` was interrupted; then the sweep stops there (the
+    next cells would start only to be interrupted one by one)."""
+    if not result.cells[name]["pending"]:
+        return False
+    result.interrupted = True
+    log.warning("sweep %s interrupted in %s with %d trials not run; continue with --resume", study.name, name, result.cells[name]["pending"])
+    return True
 
 
 def _run_hybrid(study: HybridStudySpec, paths: SweepPaths, resume: bool, result: SweepResult) -> None:
@@ -243,6 +262,7 @@ def _run_hybrid(study: HybridStudySpec, paths: SweepPaths, resume: bool, result:
     result.slices_trained = prepared.slices_trained
     result.baseline_replayed = prepared.replayed
     paths.files.put_json("prepared.json", prepared.to_dict())
-    grid = hybrid_tuner(study, paths, HybridSetup.of(study, models, prepared), resume).fit()
-    result.cells[HYBRID_EXPERIMENT] = {"trials": len(grid), "errors": len(grid.errors), "finished": sum(1 for r in grid if r.error is None)}
-    log.info("sweep %s: done (%s)", study.name, result.cells[HYBRID_EXPERIMENT])
+    hybrid_tuner(study, paths, HybridSetup.of(study, models, prepared), resume).fit()
+    result.cells[HYBRID_EXPERIMENT] = _outcome(paths.experiment(HYBRID_EXPERIMENT))
+    if not _stopped(study, result, HYBRID_EXPERIMENT):
+        log.info("sweep %s: done (%s)", study.name, result.cells[HYBRID_EXPERIMENT])

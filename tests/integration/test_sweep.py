@@ -37,7 +37,7 @@ def _best_from_tune(paths: SweepPaths, cell) -> dict:
 
 
 def _check_study(study, paths: SweepPaths, result) -> None:
-    assert result.cells == {c.name: {"trials": 2, "errors": 0, "finished": 2} for c in study.cells()}
+    assert result.cells == {c.name: {"trials": 2, "errors": 0, "finished": 2, "pending": 0} for c in study.cells()}
     files = paths.files
     for name in REPORT_FILES:
         assert files.exists(f"report/{name}"), name
@@ -73,8 +73,8 @@ def test_digits_study_on_a_folder_then_models_are_reused(ray_cluster, tmp_path):
     other = parse_study({**study.to_dict(), "name": "digits-ft", "trials": 1, "search": {"algorithm": "random"},
                          "methods": {"finetune": {"space": {"lr": {"loguniform": [0.001, 0.01]}}, "fixed": {"epochs": 1}}}})
     again = sweep(other, str(tmp_path))
-    assert again.slices_trained == 0 and again.cells == {"finetune-w4": {"trials": 1, "errors": 0, "finished": 1},
-                                                         "finetune-w32": {"trials": 1, "errors": 0, "finished": 1}}
+    assert again.slices_trained == 0 and again.cells == {"finetune-w4": {"trials": 1, "errors": 0, "finished": 1, "pending": 0},
+                                                         "finetune-w32": {"trials": 1, "errors": 0, "finished": 1, "pending": 0}}
     assert _mtimes(tmp_path / "models") == before
 
     # the same study again is refused without --resume; with it, nothing runs again
@@ -167,11 +167,37 @@ def test_resume_after_the_sweep_is_killed_runs_no_finished_trial_again(ray_clust
     assert len(states) < TRIALS or set(states.values()) != {"TERMINATED"}, "the sweep finished before the kill"
 
     result = sweep(load_study(study_file), str(storage), resume=True)
-    assert result.cells == {"qmul-w32": {"trials": TRIALS, "errors": 0, "finished": TRIALS}}
+    assert result.cells == {"qmul-w32": {"trials": TRIALS, "errors": 0, "finished": TRIALS, "pending": 0}}
     starts = _starts(cell_dir)
     assert len(starts) == TRIALS
     assert all(starts[t] == 1 for t in finished_before), starts  # finished trials never ran again
     assert set(_trial_states(cell_dir).values()) == {"TERMINATED"}
+
+
+def test_ctrl_c_stops_the_whole_sweep_and_resume_finishes_it(ray_cluster, tmp_path):
+    # Tune's fit returns on SIGINT; the sweep must stop there, not start the next cell
+    import ray
+
+    storage = tmp_path / "sweeps"
+    first = storage / "digits" / "qmul-w4"
+    address = ray.get_runtime_context().gcs_address
+    child = processes.start(["sweep", str(DIGITS), "--storage", str(storage), "--address", address],
+                            env={"TUNE_GLOBAL_CHECKPOINT_S": "0"})
+    deadline = time.monotonic() + 600  # the study's four models train first
+    while time.monotonic() < deadline and not _trial_states(first):
+        time.sleep(0.2)
+    assert _trial_states(first), "the first cell did not start in time"
+    process, _ = child
+    os.kill(process.pid, signal.SIGINT)
+    stopped = processes.finish(child, timeout=120)
+    assert stopped.code == 130, stopped.err[-2000:]
+    assert "interrupted: continue with --resume" in stopped.out
+    assert not (storage / "digits" / "qmul-w32").exists()  # the next cell never started
+    assert set(_trial_states(first).values()) != {"TERMINATED"}
+
+    result = sweep(load_study(DIGITS), str(storage), resume=True)
+    assert not result.interrupted
+    assert result.cells == {c.name: {"trials": 2, "errors": 0, "finished": 2, "pending": 0} for c in load_study(DIGITS).cells()}
 
 
 def test_a_diverging_trial_is_reported_and_the_sweep_goes_on(ray_cluster, tmp_path):
@@ -186,7 +212,7 @@ def test_a_diverging_trial_is_reported_and_the_sweep_goes_on(ray_cluster, tmp_pa
     table = pq.read_table(io.BytesIO(paths.files.get_bytes("report/trials.parquet"))).to_pylist()
     broken = [r for r in table if r["param.alpha"] == 1e300]
     assert broken and len(broken) < 4  # the seed samples both values
-    assert result.cells == {"influence-w32": {"trials": 4, "errors": len(broken), "finished": 4 - len(broken)}}
+    assert result.cells == {"influence-w32": {"trials": 4, "errors": len(broken), "finished": 4 - len(broken), "pending": 0}}
     assert all(r["status"] == "ERROR" and r["error"] for r in broken)
     assert all(r["status"] == "TERMINATED" and not r["error"] for r in table if r["param.alpha"] == 10.0)
     assert paths.files.get_json("report/best.json")["best"]["influence-w32"]["params"] == {"alpha": 10.0}

@@ -93,7 +93,7 @@ def test_hybrid_study_end_to_end_then_the_scenario_is_reused(ray_cluster, tmp_pa
     study = parse_study(TINY)
     result = sweep(study, str(tmp_path))
     paths = SweepPaths.of(str(tmp_path), study.name)
-    assert result.cells == {"hybrid": {"trials": 3, "errors": 0, "finished": 3}}
+    assert result.cells == {"hybrid": {"trials": 3, "errors": 0, "finished": 3, "pending": 0}}
     assert result.slices_trained == 9 and result.baseline_replayed  # 3 shards x 3 slices, PRS replayed once
 
     files = paths.files
@@ -148,7 +148,7 @@ def test_hybrid_study_end_to_end_then_the_scenario_is_reused(ray_cluster, tmp_pa
     other = parse_study({**TINY, "name": "hybrid-tiny-rho", "trials": 1, "fixed": {"policy": "hs"},
                          "space": {"rho": {"uniform": [0.2, 0.8]}}})
     again = sweep(other, str(tmp_path))
-    assert again.cells == {"hybrid": {"trials": 1, "errors": 0, "finished": 1}}
+    assert again.cells == {"hybrid": {"trials": 1, "errors": 0, "finished": 1, "pending": 0}}
     assert again.slices_trained == 0 and not again.baseline_replayed
     assert _mtimes(tmp_path / "models") == before
     assert again.report["baseline"] == summary["baseline"]
