@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
 from raysisa import LocalPool, StoreConfig, parse_config  # noqa: E402
+from raysisa.config.recipe import bits_label  # noqa: E402
 from raysisa.evaluation import compare  # noqa: E402
 from raysisa.evaluation.compare import CompareReport  # noqa: E402
 from raysisa.evaluation.report import markdown_table  # noqa: E402
@@ -49,7 +50,7 @@ def _tuned_note(reports: dict) -> str:
     for bits, report in reports.items():
         setting = Setting.of(parse_config(report.job).spec)
         names = [m for m in METHODS if m not in VARIANTS and tuned_args(m, setting) is not None]
-        used.append(f"{', '.join(f'`{m}`' for m in names) or 'none'} at {'FP' if bits == 32 else f'W{bits}'}")
+        used.append(f"{', '.join(f'`{m}`' for m in names) or 'none'} at {bits_label(bits)}")
     return ("Methods start from their tuned defaults for this setting where `raysisa/methods/tuned.json` has one (the sweeps' "
             f"winners on seeds 0 and 1; hyperparameters listed under each table): {'; '.join(used)}; the others at their "
             "reference defaults")
@@ -129,7 +130,7 @@ def main() -> None:
         spread = {m: s[m]["avg_gap"]["std"] for m in METHODS}
         tuned = "tuned" if not args.untuned else "at their defaults"
         findings.append(
-            f"- {'FP' if bits == 32 else f'W{bits}'}, Q-MUL and RL {tuned}: Avg Gap Q-MUL {gap['qmul']:.2f} ± {spread['qmul']:.2f} "
+            f"- {bits_label(bits)}, Q-MUL and RL {tuned}: Avg Gap Q-MUL {gap['qmul']:.2f} ± {spread['qmul']:.2f} "
             f"vs RL {gap['random_label']:.2f} ± {spread['random_label']:.2f}: Q-MUL "
             f"{'beats' if gap['qmul'] < gap['random_label'] else 'does not beat'} RL here. Untuned ablations of Q-MUL: "
             f"RL {gap['rl']:.2f}, RL+SL {gap['rl+sl']:.2f}, RL+AGR {gap['rl+agr']:.2f}; l1-sparse {gap['l1_sparse']:.2f}, DEL {gap['del']:.2f}."

@@ -137,8 +137,7 @@ def copy_store(source, bucket_uri: str, endpoint: str):
     from raysisa.store import ObjectStore
 
     target = StoreConfig(uri=bucket_uri, endpoint_url=endpoint)
-    src, dst = ObjectStore(source), ObjectStore(target)
-    dst.fs.pipe({dst.path(key): src.get_bytes(key) for key in src.list("")})
+    ObjectStore(source).copy_to(ObjectStore(target))
     return target
 
 

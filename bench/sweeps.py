@@ -34,12 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
+from raysisa.config.recipe import bits_label  # noqa: E402
 
 STUDIES = ("qmul-cifar10", "del-cifar10", "l1-sparse-cifar10", "influence-cifar10", "hybrid-digits")
-
-
-def _label(bits: int) -> str:
-    return "FP" if bits == 32 else f"W{bits}"
 
 
 def _params(params: dict) -> str:
@@ -62,10 +59,10 @@ def _section(summary: dict, study, seconds: float | None) -> str:
     for cell in study.cells():
         row = best.get(cell.name)
         if row is None:
-            lines.append(f"| {cell.method} | {_label(cell.bits)} | no finished trial | | | | | | | | |")
+            lines.append(f"| {cell.method} | {bits_label(cell.bits)} | no finished trial | | | | | | | | |")
             continue
         lines.append(
-            f"| {cell.method} | {_label(cell.bits)} | {row['avg_gap']:.2f} ± {row['avg_gap_std']:.2f} | {row['UA']:.2f} | {row['RA']:.2f} | {row['TA']:.2f} | "
+            f"| {cell.method} | {bits_label(cell.bits)} | {row['avg_gap']:.2f} ± {row['avg_gap_std']:.2f} | {row['UA']:.2f} | {row['RA']:.2f} | {row['TA']:.2f} | "
             f"{row['MIA']:.2f} | {row['rte_seconds']:.1f} | {row['retrain_seconds']:.1f} | {row['epochs_run']} | {_params(row['params'])} |"
         )
     name = summary["study"]
@@ -91,7 +88,7 @@ def tuned_entries(study, summary: dict) -> list[dict]:
     entries = []
     for cell in study.cells():
         row = summary["best"].get(cell.name)
-        if row is None or row["objective"] != row["avg_gap"]:  # no trial, or the best broke the TA floor
+        if row is None or not study.objective.feasible(row["avg_gap"], row["TA"]):  # no trial, or the best broke the TA floor
             continue
         setting = Setting.of(study.spec(cell.bits, study.scenario.seeds[0]))
         params = {**study.methods[cell.method].fixed, **row["params"]}

@@ -23,9 +23,17 @@ __all__ = [
     "slice_epochs",
     "RunSpec",
     "SUPPORTED_BITS",
+    "FULL_PRECISION",
+    "bits_label",
 ]
 
-SUPPORTED_BITS = (2, 4, 8, 32)  # bit widths of QuantConfig; 32 = full precision
+FULL_PRECISION = 32  # in a bit grid: the model without quantization
+SUPPORTED_BITS = (2, 4, 8, FULL_PRECISION)  # bit widths of QuantConfig
+
+
+def bits_label(bits: int) -> str:
+    """How tables name a bit width: ``FP`` for full precision, else ``W<bits>``."""
+    return "FP" if bits == FULL_PRECISION else f"W{bits}"
 
 
 class PoisonConfig(ConfigModel):

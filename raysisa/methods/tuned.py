@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from raysisa.config import RunSpec
+from raysisa.config.recipe import FULL_PRECISION, bits_label
 
 __all__ = ["Setting", "Tuned", "tuned_table", "tuned_args", "TABLE_PATH"]
 
 TABLE_PATH = Path(__file__).with_name("tuned.json")
-FULL_PRECISION = 32
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,7 @@ class Setting:
         return cls(dataset, spec.model.name, FULL_PRECISION if quant is None else quant.w_bits)
 
     def __str__(self) -> str:
-        bits = "FP" if self.bits == FULL_PRECISION else f"W{self.bits}"
-        return f"{self.dataset}/{self.model}/{bits}"
+        return f"{self.dataset}/{self.model}/{bits_label(self.bits)}"
 
 
 @dataclass(frozen=True)

@@ -318,6 +318,14 @@ class ObjectStore:
         """Every object key under ``prefix`` (recursively), sorted; temporary files excluded."""
         return sorted(k for k in self._find(prefix) if ".tmp-" not in k.rsplit("/", 1)[-1])
 
+    def copy_to(self, target: ObjectStore) -> int:
+        """Copy every object of this store to ``target`` (any two stores, e.g. one on S3 to a
+        local folder), each with an atomic write; returns the number of objects copied."""
+        keys = self.list()
+        for key in keys:
+            target.put_bytes(key, self.get_bytes(key))
+        return len(keys)
+
     def list_temporary(self, prefix: str = "") -> list[str]:
         """Leftover temporary files of interrupted atomic writes."""
         return sorted(k for k in self._find(prefix) if ".tmp-" in k.rsplit("/", 1)[-1])

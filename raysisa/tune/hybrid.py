@@ -49,7 +49,6 @@ __all__ = [
     "SCRATCH_PREFIX",
     "HybridPrepared",
     "HybridSetup",
-    "copy_store",
     "warm_up",
     "prepare_hybrid",
     "run_hybrid_trial",
@@ -107,16 +106,6 @@ class HybridPrepared:
         return cls(**{**data, "base": StoreConfig.from_dict(data["base"])})
 
 
-def copy_store(source: StoreConfig, target: StoreConfig) -> int:
-    """Copy every object of the store at ``source`` to ``target`` (any two store URIs, e.g.
-    the models store on S3 to a local folder); returns the number of objects."""
-    src, dst = ObjectStore(source), ObjectStore(target)
-    keys = src.list()
-    for key in keys:
-        dst.put_bytes(key, src.get_bytes(key))
-    return len(keys)
-
-
 def warm_up() -> None:
     """Pay this process's one-time costs before a replay's clock starts: torch's optimisers
     import ``torch._dynamo`` on their first step (1-2 s, once per process), which would
@@ -134,7 +123,7 @@ def _replay_copy(base: StoreConfig, config: CoordinatorConfig, requests: list[li
     warm_up()
     with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX) as scratch:
         store = StoreConfig(uri=os.path.join(scratch, "run"))
-        copy_store(base, store)
+        ObjectStore(base).copy_to(ObjectStore(store))
         pool = LocalPool(device)
         try:
             return replay(store, config, requests, pool)

@@ -28,7 +28,8 @@ from raysisa.evaluation.report import figure_png
 from raysisa.store import ObjectStore
 from raysisa.tune.paths import SweepPaths, storage_store
 from raysisa.tune.hybrid_report import write_hybrid_report
-from raysisa.tune.spec import FULL_PRECISION, AnyStudy, Cell, HybridStudySpec, StudySpec, parse_study
+from raysisa.config.recipe import FULL_PRECISION, bits_label
+from raysisa.tune.spec import AnyStudy, Cell, HybridStudySpec, StudySpec, parse_study
 from raysisa.tune.tables import experiment_trials as _trials
 from raysisa.tune.tables import markdown_table as _table
 from raysisa.tune.tables import number as _number
@@ -73,10 +74,6 @@ def best_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return best
 
 
-def _bits_label(bits: int) -> str:
-    return "FP" if bits == FULL_PRECISION else f"W{bits}"
-
-
 def _gap_vs_bits(study: StudySpec, best: dict[str, dict[str, Any]]) -> bytes:
     import matplotlib
 
@@ -90,7 +87,7 @@ def _gap_vs_bits(study: StudySpec, best: dict[str, dict[str, Any]]) -> bytes:
         if points:
             ax.errorbar([i for i, _ in points], [r["avg_gap"] for _, r in points], yerr=[r["avg_gap_std"] for _, r in points],
                         marker="o", capsize=3, label=method)
-    ax.set_xticks(range(len(bits)), [_bits_label(b) for b in bits])
+    ax.set_xticks(range(len(bits)), [bits_label(b) for b in bits])
     ax.set_xlabel("weight bits")
     ax.set_ylabel("Avg Gap to retrain (best trial, mean ± std over seeds)")
     ax.set_title(f"{study.name}: Avg Gap against bit width")
@@ -112,7 +109,7 @@ def _gap_vs_rte(study: StudySpec, rows: list[dict[str, Any]]) -> bytes:
             points = [r for r in rows if r["method"] == method and r["bits"] == bits and math.isfinite(r["avg_gap"])]
             if points:
                 ax.scatter([r["rte_seconds"] for r in points], [r["avg_gap"] for r in points], color=color,
-                           marker=markers.get(bits, "o"), label=f"{method} {_bits_label(bits)}", alpha=0.8)
+                           marker=markers.get(bits, "o"), label=f"{method} {bits_label(bits)}", alpha=0.8)
     retrain = [r["retrain_seconds"] for r in rows if math.isfinite(r["retrain_seconds"])]
     if retrain:
         ax.axvline(sum(retrain) / len(retrain), color="grey", linestyle="--", label="retrain (mean)")

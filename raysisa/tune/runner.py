@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from raysisa.config import ClusterConfig, StoreConfig
@@ -83,70 +84,58 @@ def _prepare_all(study: StudySpec, models: StoreConfig) -> list[Prepared]:
     return ray.get(refs)
 
 
-def _trainable(setup: TrialSetup):
+def _tuner(study: AnyStudy, paths: SweepPaths, name: str, trainable, resume: bool, **fresh: Any):
+    """The Tune experiment ``name`` of ``study`` running ``trainable``: restored from storage
+    when ``resume`` and present, else a new one that minimises the reported ``objective``
+    (``fresh``: its ``param_space``, ``num_samples`` and ``scheduler``)."""
+    from ray import tune
+
+    trainable = tune.with_resources(trainable, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
+    path = paths.experiment(name)
+    if resume and tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable=trainable)
+    space = fresh.pop("param_space")
+    tune_config = tune.TuneConfig(
+        metric="objective", mode="min", search_alg=_search(study), max_concurrent_trials=study.resources.max_concurrent, **fresh
+    )
+    run_config = tune.RunConfig(name=name, storage_path=paths.root, verbose=0, log_to_file=True)
+    return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
+
+
+def _function(run: Callable[[dict[str, Any], Any, Callable], Any], setup: Any, name: str):
+    """Tune's function trainable: ``run(config, setup, tune.report)``."""
     from ray import tune
 
     def trial(config: dict[str, Any]) -> None:
-        run_trial(config, setup, tune.report)
+        run(config, setup, tune.report)
 
-    trial.__name__ = f"{setup.method}_w{setup.bits}"
+    trial.__name__ = name
     return trial
 
 
 def cell_tuner(study: StudySpec, cell: Cell, paths: SweepPaths, setup: TrialSetup, resume: bool):
     """The Tune experiment of one cell: restored from storage when ``resume`` and present."""
-    from ray import tune
-
-    trainable = tune.with_resources(_trainable(setup), {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
-    path = paths.cell(cell)
-    if resume and tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(path, trainable=trainable)
     method = study.methods[cell.method]
-    space = {name: domain.to_tune() for name, domain in method.space.items()}
     epochs = method.space["epochs"].largest() if "epochs" in method.space else _default_epochs(cell.method, method.fixed)
-    tune_config = tune.TuneConfig(
-        metric="objective",
-        mode="min",
+    return _tuner(
+        study, paths, cell.name, _function(run_trial, setup, f"{setup.method}_w{setup.bits}"), resume,
+        param_space={name: domain.to_tune() for name, domain in method.space.items()},
         num_samples=study.trials_of(cell.method),
-        search_alg=_search(study),
         scheduler=_scheduler(study, max(1, epochs)),
-        max_concurrent_trials=study.resources.max_concurrent,
     )
-    run_config = tune.RunConfig(name=cell.name, storage_path=paths.root, verbose=0, log_to_file=True)
-    return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
-
-
-def _hybrid_trainable(setup: HybridSetup):
-    from ray import tune
-
-    def trial(config: dict[str, Any]) -> None:
-        run_hybrid_trial(config, setup, tune.report)
-
-    trial.__name__ = "hybrid"
-    return trial
 
 
 def hybrid_tuner(study: HybridStudySpec, paths: SweepPaths, setup: HybridSetup, resume: bool):
     """The Tune experiment of a hybrid study (FIFO: a trial reports once, after the stream),
     restored from storage when ``resume`` and present."""
-    from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    trainable = tune.with_resources(_hybrid_trainable(setup), {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
-    path = paths.experiment(HYBRID_EXPERIMENT)
-    if resume and tune.Tuner.can_restore(path):
-        return tune.Tuner.restore(path, trainable=trainable)
-    tune_config = tune.TuneConfig(
-        metric="objective",
-        mode="min",
+    return _tuner(
+        study, paths, HYBRID_EXPERIMENT, _function(run_hybrid_trial, setup, "hybrid"), resume,
+        param_space={name: domain.to_tune() for name, domain in study.space.items()},
         num_samples=study.trials,
-        search_alg=_search(study),
         scheduler=FIFOScheduler(),
-        max_concurrent_trials=study.resources.max_concurrent,
     )
-    run_config = tune.RunConfig(name=HYBRID_EXPERIMENT, storage_path=paths.root, verbose=0, log_to_file=True)
-    space = {name: domain.to_tune() for name, domain in study.space.items()}
-    return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
 
 
 def _default_epochs(method: str, fixed: dict[str, Any]) -> int:

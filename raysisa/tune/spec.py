@@ -51,7 +51,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from raysisa.config import ConfigModel, CoordinatorConfig, JobConfig, OhsConfig, RandomForget, RunSpec, Scenario, parse_config
 from raysisa.config.base import registered, validate
 from raysisa.config.job import read_yaml
-from raysisa.config.recipe import SUPPORTED_BITS
+from raysisa.config.recipe import FULL_PRECISION, SUPPORTED_BITS
 from raysisa.errors import ConfigError
 from raysisa.methods import METHODS, get_method
 from raysisa.registry import SCHEMES
@@ -76,11 +76,8 @@ __all__ = [
     "coordinator_config",
     "load_study",
     "parse_study",
-    "FULL_PRECISION",
 ]
 
-FULL_PRECISION = 32  # in the bit grid: the model without quantization
-BIT_WIDTHS = SUPPORTED_BITS  # 32 = FULL_PRECISION
 DOMAIN_KINDS = ("uniform", "loguniform", "randint", "choice")
 
 
@@ -179,9 +176,9 @@ class QuantGrid(ConfigModel):
     @field_validator("bits")
     @classmethod
     def _supported(cls, value: list[int]) -> list[int]:
-        bad = [b for b in value if b not in BIT_WIDTHS]
+        bad = [b for b in value if b not in SUPPORTED_BITS]
         if bad:
-            raise ValueError(f"bits must be among {list(BIT_WIDTHS)} (32 = full precision), got {bad}")
+            raise ValueError(f"bits must be among {list(SUPPORTED_BITS)} (32 = full precision), got {bad}")
         if len(set(value)) != len(value):
             raise ValueError(f"bits are listed twice: {value}")
         return value
@@ -189,8 +186,8 @@ class QuantGrid(ConfigModel):
     @field_validator("a_bits")
     @classmethod
     def _supported_a(cls, value: int) -> int:
-        if value not in BIT_WIDTHS:
-            raise ValueError(f"a_bits must be one of {list(BIT_WIDTHS)}, got {value}")
+        if value not in SUPPORTED_BITS:
+            raise ValueError(f"a_bits must be one of {list(SUPPORTED_BITS)}, got {value}")
         return value
 
 
@@ -254,10 +251,14 @@ class Objective(ConfigModel):
     metric: Literal["avg_gap"] = "avg_gap"
     ta_floor: float = Field(0.0, ge=0, le=100)
 
+    def feasible(self, avg_gap: float, ta: float) -> bool:
+        """Whether a trial counts: finite scores, TA at or above the floor."""
+        return math.isfinite(avg_gap) and math.isfinite(ta) and ta >= self.ta_floor
+
     def score(self, avg_gap: float, ta: float) -> float:
         if not math.isfinite(avg_gap) or not math.isfinite(ta):
             return 1e9  # a diverged model: the worst score there is (NaN would break the search)
-        if ta < self.ta_floor:
+        if not self.feasible(avg_gap, ta):
             return 100.0 + avg_gap + (self.ta_floor - ta)
         return avg_gap
 

@@ -5,7 +5,9 @@ The seeds advance in lockstep (:func:`~raysisa.methods.engine.iterate_method`), 
 epoch is reported once with the mean over seeds, so ASHA compares trials at equal
 budgets. A method without a loop (IU) reports once, after its one-shot update.
 A trial whose weights turn non-finite raises :class:`~raysisa.errors.DivergedError`:
-Tune records it as an errored trial and the sweep goes on. Ray-free: :func:`run_trial` takes the reporting function (Tune's ``tune.report`` in a
+Tune records it as an errored trial and the sweep goes on.
+
+Ray-free: :func:`run_trial` takes the reporting function (Tune's ``tune.report`` in a
 sweep; a list's ``append`` in a test).
 """
 
@@ -130,7 +132,8 @@ def _finite_state(seed: _Seed) -> dict[str, Any]:
     if broken:
         raise DivergedError(
             f"seed {seed.prepared.seed}, epoch {seed.outcome.epochs}: non-finite weights in {', '.join(broken[:3])}"
-            f"{' and more' if len(broken) > 3 else ''}; the method diverged (its step is likely too large: learning rate, or IU's alpha)"
+            f"{' and more' if len(broken) > 3 else ''}; the method diverged "
+            "(its step is likely too large: learning rate, or IU's alpha)"
         )
     return state
 

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from raysisa.tune import load_study, parse_study, sweep, sweep_report
 from raysisa.tune.hybrid import SCRATCH_PREFIX, HybridSetup, prepare_hybrid, run_hybrid_trial
 from raysisa.tune.hybrid_report import HYBRID_EXPERIMENT, HYBRID_FILES
 from raysisa.tune.paths import SweepPaths
+from tests import processes
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -199,6 +201,32 @@ def test_a_trial_is_a_deterministic_replay_on_a_copy(tmp_path):
 
     again = prepare_hybrid(study, models)
     assert not again.replayed and again.slices_trained == 0 and again.baseline == prepared.baseline
+
+
+def _prepare_hybrid_in_child(models: str) -> None:
+    prepare_hybrid(parse_study(TINY), StoreConfig(uri=models))
+
+
+# What a replay's outcome is made of (its timings differ from run to run).
+OUTCOME = ("initial_accuracy", "final_accuracy", "min_accuracy", "exact_accuracy", "shard_decisions")
+
+
+@pytest.mark.parametrize(("point", "trains"), [("train.slice@6", 5), ("batch.recorded@2", 0)])
+def test_prepare_hybrid_recovers_from_a_kill(tmp_path, point, trains):
+    """Killed while training the ensemble (after its 6th checkpoint of 12, 3 shards x (initial
+    + 3 slices): 4 of its 9 slices are trained), or while replaying the PRS baseline on its private copy: the next prepare
+    trains only what is missing, records the same stream and stores the same baseline as an
+    uninterrupted prepare; the baseline is written last, so a kill leaves none."""
+    clean = prepare_hybrid(parse_study(TINY), StoreConfig(uri=str(tmp_path / "clean")))
+    models = tmp_path / "models"
+    assert processes.call_crashing(_prepare_hybrid_in_child, (str(models),), point) == -signal.SIGKILL
+    assert not glob.glob(str(models / "hybrid" / "*" / "baselines" / "*"))
+    again = prepare_hybrid(parse_study(TINY), StoreConfig(uri=str(models)))
+    assert again.replayed and again.slices_trained == trains < clean.slices_trained
+    assert ObjectStore(StoreConfig(uri=str(models))).get_json(again.stream_key) == ObjectStore(
+        StoreConfig(uri=str(tmp_path / "clean"))).get_json(clean.stream_key)
+    assert {k: again.baseline[k] for k in OUTCOME} == {k: clean.baseline[k] for k in OUTCOME}
+    assert again.initial_accuracy == clean.initial_accuracy
 
 
 def test_bad_hybrid_studies_fail_before_ray_naming_the_field(tmp_path):

@@ -42,6 +42,15 @@ def test_local_writes_are_atomic_and_leave_no_temporary_files(tmp_path):
     assert objects.list_temporary("") == ["k.bin.tmp-deadbeef"]
 
 
+def test_copy_to_copies_every_object_and_skips_leftover_temporaries(objects, tmp_path):
+    objects.put_bytes("a/b.bin", bytes(range(256)))
+    objects.put_json("c.json", {"x": 1})
+    target = ObjectStore(StoreConfig(uri=str(tmp_path / "copy")))
+    assert objects.copy_to(target) == 2
+    assert target.list() == ["a/b.bin", "c.json"] and target.get_bytes("a/b.bin") == bytes(range(256))
+    assert target.list_temporary() == []
+
+
 def test_store_travels_as_configuration(tmp_path):
     import pickle
 

@@ -124,6 +124,9 @@ def test_objective_penalises_trials_under_the_ta_floor():
     above, below = study.objective.score(5.0, 30.0), study.objective.score(1.0, 10.0)
     assert above == 5.0 and below == 100.0 + 1.0 + 10.0 and below > above
     assert study.objective.score(float("nan"), 50.0) > below
+    floor = study.objective.ta_floor
+    assert study.objective.feasible(5.0, floor) and not study.objective.feasible(5.0, floor - 0.01)
+    assert not study.objective.feasible(float("nan"), 50.0)
 
 
 def test_each_seed_has_its_own_original_recipe():
