@@ -1,5 +1,6 @@
 """The mission's sweep studies on the shared CIFAR-10 copy: run them (or read finished ones)
-and write the best trial per (method, bits) into BENCHMARKS.md, with the plots.
+and write the best trial per (method, bits) into BENCHMARKS.md, with the plots: one
+section per study (``sweep-<study>``), so rerunning one study leaves the others' sections.
 
     .venv/bin/python bench/sweeps.py                                  # the three CIFAR-10 studies
     .venv/bin/python bench/sweeps.py --studies qmul-cifar10 --storage ./sweeps
@@ -43,15 +44,24 @@ def _params(params: dict) -> str:
     return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(params.items()))
 
 
-def _section(summary: dict, study, seconds: float | None) -> str:
+def _run_line(seconds: float | None) -> str:
+    """When, where and how a study's section was written (and the sweep's wall time, if it ran)."""
+    import torch
+
+    return (
+        f"Run {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({platform.machine()}, CPU, torch {torch.__version__}); "
+        f"`python bench/sweeps.py {' '.join(sys.argv[1:])}`." + (f" Wall time {seconds / 60:.0f} min." if seconds else "")
+    )
+
+
+def _section(summary: dict, study, run: str) -> str:
     best = summary["best"]
     lines = [
         f"### {summary['study']}",
         "",
         f"{study.description} {summary['trials']} trials ({summary['errors']} failed); "
         f"{study.trials} per (method, bits), {study.search.algorithm} search, {study.scheduler.kind} scheduler; "
-        f"objective: Avg Gap to the retrained reference at the same bit width, TA floor {study.objective.ta_floor:g}."
-        + (f" Wall time {seconds / 60:.0f} min." if seconds else ""),
+        f"objective: Avg Gap to the retrained reference at the same bit width, TA floor {study.objective.ta_floor:g}. {run}",
         "",
         "| method | bits | Avg Gap (± std over seeds) | UA | RA | TA | MIA-Eff. | RTE s | retrain s | epochs run | best hyperparameters |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -71,12 +81,12 @@ def _section(summary: dict, study, seconds: float | None) -> str:
     return "\n".join(lines)
 
 
-def _hybrid_section(study, paths, seconds: float | None) -> str:
+def _hybrid_section(study, paths, run: str) -> str:
     """A hybrid study: its pareto.md (front and recommendation) and the plot."""
     body = paths.files.get_bytes("report/pareto.md").decode().strip()
     body = body.split("\n", 1)[1].strip() if body.startswith("# ") else body  # our own heading below
     return "\n".join([
-        f"### {study.name}", "", study.description + (f" Wall time {seconds / 60:.0f} min." if seconds else ""), "", body, "",
+        f"### {study.name}", "", f"{study.description} {run}", "", body, "",
         f"![Requests per hour against the accuracy gap](bench/results/sweep_{study.name}_pareto.png)",
     ])
 
@@ -138,7 +148,7 @@ def main() -> None:
     from raysisa.tune.spec import HybridStudySpec
 
     names = [n for n in args.studies.split(",") if n]
-    sections, seconds, entries = [], {}, []
+    sections, seconds, entries = {}, {}, []
     out = ROOT / "bench" / "results"
     for name in names:
         study = load_study(ROOT / "tune_configs" / f"{name}.yaml")
@@ -154,24 +164,14 @@ def main() -> None:
             (out / f"sweep_{name}_{plot}").write_bytes(paths.files.get_bytes(f"report/{plot}"))
         (out / f"sweep_{name}.json").write_text(json.dumps(summary, indent=1, default=float))
         if hybrid:
-            sections.append(_hybrid_section(study, paths, seconds.get(name)))
+            sections[name] = _hybrid_section(study, paths, _run_line(seconds.get(name)))
             continue
-        sections.append(_section(summary, study, seconds.get(name)))
+        sections[name] = _section(summary, study, _run_line(seconds.get(name)))
         entries += tuned_entries(study, summary)
-    import torch
-
-    meta = (
-        f"Run {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({platform.machine()}, CPU, torch {torch.__version__}); "
-        f"`python bench/sweeps.py {' '.join(sys.argv[1:])}`. Each study is `tune_configs/<study>.yaml`: the bench recipe of "
-        "`bench/quantized_unlearning.py` (CIFAR-10 subset 5000/1000, `small_cnn` width 16, LSQ QAT, 30 epochs), random 10% "
-        "forgetting, seeds 0 and 1 (each trial unlearns both; its Avg Gap is the mean), one Tune experiment per (method, bits). "
-        "Rows are each cell's best trial (its last report: an ASHA-stopped trial reports the epochs it ran). The hybrid study "
-        "(`kind: hybrid`) tunes the coordinator's policy on a recorded deletion stream instead."
-    )
-    body = meta + "\n\n" + "\n\n".join(sections)
-    print(body)
-    if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", "sweeps", body)
+    for name, section in sections.items():
+        print(section, "\n")
+        if not args.no_write:  # each study has its own section: rerunning one leaves the others
+            write_section(ROOT / "BENCHMARKS.md", f"sweep-{name}", section)
     if args.write_defaults:
         print(f"tuned defaults: {len(entries)} entries -> {write_defaults(entries)}")
 
