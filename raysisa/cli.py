@@ -58,15 +58,36 @@ def _split_ids(value: str) -> list[str]:
     return [tok for tok in re.split(r"[\s,]+", value) if tok]
 
 
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for a submitted job's entrypoint
+
+
+def _lasting(location: str | None, flag: str) -> str | None:
+    """``location`` unless this command is a Ray job's entrypoint and it is a relative local
+    path: a job runs in a temporary working directory (its runtime_env's copy), so a run or
+    sweep written there would be lost when the job ends."""
+    if location is None or RAY_JOB_ENV not in os.environ:
+        return location
+    local = location[len("file://"):] if location.startswith("file://") else location
+    if "://" not in local and not os.path.isabs(local):
+        raise ConfigError(
+            f"{flag} {location} is a relative local path inside a Ray job, whose working directory is temporary: "
+            "what is written there is lost when the job ends. Give an s3:// URI (or an absolute path on a volume "
+            "every node mounts)"
+        )
+    return location
+
+
 def _store(args: argparse.Namespace) -> StoreConfig:
-    extra = {"lease_wait_seconds": args.lease_wait} if args.lease_wait is not None else {}
+    _lasting(args.store, "--store")
+    wait = getattr(args, "lease_wait", None)  # only commands that write offer --lease-wait
+    extra = {"lease_wait_seconds": wait} if wait is not None else {}
     return StoreConfig(uri=args.store, endpoint_url=args.endpoint_url, **extra)
 
 
 def _cluster(args: argparse.Namespace, base: ClusterConfig | None = None) -> ClusterConfig:
     base = base or ClusterConfig()
     update: dict[str, Any] = {"address": args.address} if args.address else {}
-    if args.connect_timeout is not None:
+    if getattr(args, "connect_timeout", None) is not None:
         update["connect_timeout_seconds"] = args.connect_timeout
     return ClusterConfig.from_dict({**base.to_dict(), **update}) if update else base
 
@@ -101,9 +122,25 @@ def _float_list(text: str, what: str) -> list[float]:
     return values
 
 
+def _strict(value: Any) -> Any:
+    """``value`` as strict JSON can hold it: NaN and infinities (e.g. slice 0's loss, which
+    nothing trained) become ``null``, which every JSON parser reads."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _json(payload: Any) -> str:
+    return json.dumps(_strict(json.loads(json.dumps(payload, default=str))), indent=2, allow_nan=False)
+
+
 def _emit(args: argparse.Namespace, payload: dict[str, Any], lines: list[str]) -> None:
     if args.json:
-        print(json.dumps(payload, indent=2, default=str))
+        print(_json(payload))
     else:
         print("\n".join(lines))
 
@@ -317,7 +354,7 @@ def cmd_subjects(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from raysisa.demo import run_demo
 
-    result = run_demo(store=args.store, endpoint_url=args.endpoint_url, address=args.address, progress=not args.quiet)
+    result = run_demo(store=_lasting(args.store, "--store"), endpoint_url=args.endpoint_url, cluster=_cluster(args), progress=not args.quiet)
     _emit(args, result, result.pop("_lines"))
 
 
@@ -325,6 +362,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from raysisa.tune import load_study, sweep
 
     study = load_study(args.study)  # every field checked before Ray starts
+    _lasting(args.storage, "--storage")
     result = sweep(study, args.storage, resume=args.resume, cluster=_cluster(args))
     trials = f"{sum(c['trials'] for c in result.cells.values())} trials ({sum(c['errors'] for c in result.cells.values())} failed)"
     if result.report.get("kind") == "hybrid":
@@ -397,30 +435,51 @@ def _quant_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheme", help="quantization scheme (default lsq)")
 
 
+def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """The flags every command takes, before or after its name (``raysisa -v inspect`` and
+    ``raysisa inspect -v``): after it, an absent flag leaves the value given before."""
+    default = {"default": argparse.SUPPRESS} if suppress else {}
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details", **default)
+    parser.add_argument("--log-format", choices=["text", "json"], help="log lines as text (default) or one JSON object each",
+                        **(default or {"default": "text"}))
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from raysisa import __version__
+
     parser = argparse.ArgumentParser(
         prog="raysisa", description="SISA training and exact machine unlearning on Ray."
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action="version", version=f"raysisa {__version__}")
+    _common(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _common(common, suppress=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help_: str, store_required: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+    def command(name: str, help_: str, store_required: bool = True, *, ray: bool = True, progress: bool = True,
+                writes: bool = True) -> argparse.ArgumentParser:
+        """A subcommand with the flags it uses: ``ray`` (it can run on a Ray cluster: --address,
+        --connect-timeout), ``progress`` (it shows progress bars: --quiet), ``writes`` (it takes
+        the store's writer lease: --lease-wait)."""
+        p = sub.add_parser(name, help=help_, description=help_.replace("%%", "%"), parents=[common])
         p.add_argument("--store", required=store_required, help="run location: a folder, file://, s3://bucket/prefix")
         p.add_argument("--endpoint-url", help="S3 endpoint for S3-compatible servers (or set AWS_ENDPOINT_URL)")
-        p.add_argument("--json", action="store_true", help="print one JSON document")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-        p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local cluster)")
-        p.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="give up connecting to --address after this long (default 30)")
-        p.add_argument(
-            "--lease-wait", type=float, metavar="SECONDS", help="wait this long for another writer of the store to finish (default 60)"
-        )
+        p.add_argument("--json", action="store_true", help="print one JSON document (errors too)")
+        if progress:
+            p.add_argument("--quiet", action="store_true", help="no progress bars")
+        if ray:
+            p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local cluster)")
+            p.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="give up connecting to --address after this long (default 30)")
+        if writes:
+            p.add_argument(
+                "--lease-wait", type=float, metavar="SECONDS", help="wait this long for another writer of the store to finish (default 60)"
+            )
         return p
 
     def in_process(p: argparse.ArgumentParser) -> None:
         p.add_argument("--in-process", action="store_true", help="run shard work in this process, without Ray (small runs, tests)")
 
-    p = command("demo", "train on scikit-learn digits, unlearn a random 1%%, compare with a full retrain", False)
+    p = command("demo", "train on scikit-learn digits, unlearn a random 1%%, compare with a full retrain", False, writes=False)
     p.set_defaults(func=cmd_demo)
 
     p = command("train", "create (or resume) a SISA run and train every shard")
@@ -442,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     in_process(p)
     p.set_defaults(func=cmd_unlearn)
 
-    p = command("evaluate", "ensemble and per-shard test accuracy")
+    p = command("evaluate", "ensemble and per-shard test accuracy", ray=False, progress=False, writes=False)
     p.add_argument("--aggregation", default="vote", help="vote (default) or mean_softmax")
     p.add_argument("--weights", help="comma-separated shard weights")
     p.set_defaults(func=cmd_evaluate)
@@ -457,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     in_process(p)
     p.set_defaults(func=cmd_compare)
 
-    p = command("forget", "log a deletion request (durably, before acknowledging it); optionally wait for it")
+    p = command("forget", "log a deletion request (durably, before acknowledging it); optionally wait for it", progress=False)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--ids", help="comma-separated sample ids")
     what.add_argument("--ids-file", help="file of ids (text or JSON list)")
@@ -470,17 +529,18 @@ def build_parser() -> argparse.ArgumentParser:
     in_process(p)
     p.set_defaults(func=cmd_forget)
 
-    p = command("requests", "logged deletion requests and their states (or one request in detail)")
+    p = command("requests", "logged deletion requests and their states (or one request in detail)", ray=False, progress=False, writes=False)
     p.add_argument("--id", help="show one request: transitions and receipt")
     p.set_defaults(func=cmd_requests)
 
-    p = command("coordinator", "start, stop or query the coordinator actor of a run on a Ray cluster")
+    p = command("coordinator", "start, stop or query the coordinator actor of a run on a Ray cluster", progress=False)
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--config", help="YAML config with a `coordinator` section")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.set_defaults(func=cmd_coordinator)
 
-    p = command("subjects", "register data-subject keys and the sample ids each owns (keys stored hashed)")
+    p = command("subjects", "register data-subject keys and the sample ids each owns (keys stored hashed)", ray=False, progress=False,
+                writes=False)
     p.add_argument("--file", required=True, help='JSON object {"subject key": [ids]}')
     p.set_defaults(func=cmd_subjects)
 
@@ -503,25 +563,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_sweep_report)
 
-    p = command("inspect", "config, shards, slices, checkpoints and model hashes of a run")
+    p = command("inspect", "config, shards, slices, checkpoints and model hashes of a run", ray=False, progress=False, writes=False)
     p.add_argument("--no-verify", action="store_true", help="skip checking checkpoint sha256s")
     p.set_defaults(func=cmd_inspect)
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (a test's capture, or
+    the real one), so a handler installed by one ``main()`` call never writes to a stream a
+    later caller closed."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def configure_logging(verbose: bool, log_format: str = "text") -> None:
+    """Log to stderr at INFO (``verbose``) or WARNING, as text or as one JSON object per line
+    (``json``: time, level, logger and message, for log pipelines). Calling it again replaces
+    the handler it installed before; other handlers are left alone."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(old)
+    handler = _StderrHandler()
+    if log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields={"levelname": "level", "name": "logger"}))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _fail(args: argparse.Namespace, exc: BaseException) -> int:
+    """Report an error raysisa raised on purpose: ``error: ...`` on stderr, or with ``--json``
+    one JSON document on stdout (``{"error": {"kind", "message"}}``); exit status 2 either way."""
+    if getattr(args, "json", False):
+        print(_json({"error": {"kind": type(exc).__name__, "message": str(exc)}}))
+    else:
+        print(f"error: {exc}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
-    )
+    configure_logging(args.verbose, args.log_format)
     try:
         args.func(args)
     except RaysisaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, exc)
     except TimeoutError as exc:  # --wait ran out of time: the request stays logged
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, exc)
     return 0
 
 

@@ -34,6 +34,8 @@ def run_demo(
     endpoint_url: str | None = None,
     address: str | None = None,
     progress: bool = True,
+    *,
+    cluster: ClusterConfig | None = None,
     fraction: float = 0.01,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -49,7 +51,7 @@ def run_demo(
         if SisaRun(candidate).store.exists():
             raise ConfigError(f"demo store {candidate.uri} already holds a run; give an empty --store")
 
-    cluster = ClusterConfig(address=address)
+    cluster = cluster or ClusterConfig(address=address)
     started = time.perf_counter()
     with ray_session(cluster):
         ray_ready = time.perf_counter() - started

@@ -279,7 +279,9 @@ class SisaRun:
         reports: list[SliceReport] = []
         in_flight: dict[Any, int] = {}
         waiting = sorted(queues)
-        with tqdm(total=sum(map(len, queues.values())), desc=what, unit="slice", disable=not progress) as bar:
+        # the bar counts trained slices as the report does: slice 0 (the initial model) is not one
+        total = sum(1 for slices in queues.values() for s in slices if s > 0)
+        with tqdm(total=total, desc=what, unit="slice", disable=not progress) as bar:
             while waiting or in_flight:
                 while waiting and len(in_flight) < limit:
                     shard = waiting.pop(0)
@@ -287,7 +289,7 @@ class SisaRun:
                 for handle in pool.wait(list(in_flight)):
                     shard = in_flight.pop(handle)
                     reports.append(pool.result(handle))
-                    bar.update(1)
+                    bar.update(1 if reports[-1].slice > 0 else 0)
                     if queues[shard]:
                         in_flight[pool.submit(shard, TrainSlice(at, queues[shard].pop(0)))] = shard
         return reports

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from raysisa import LocalPool, StoreConfig, train, unlearn
-from raysisa.cli import main
+from raysisa.cli import build_parser, main
 from raysisa.config import parse_config
 from raysisa.coordinator import client
 from raysisa.store import RunStore
@@ -200,13 +200,23 @@ def _objects(store: StoreConfig) -> dict[str, str]:
     return {**run.listing(), **{k: "temporary" for k in run.objects.list_temporary("")}}
 
 
+def _offers(command: str, flag: str) -> bool:
+    """Whether ``raysisa COMMAND`` takes ``flag``."""
+    import argparse
+
+    [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return flag in commands.choices[command]._option_string_actions
+
+
 def _check(capsys, world, argv: list[str], store_name: str, expect: str) -> None:
     store = world["stores"][store_name]
     argv = _fill(argv, world)
     if "--store" not in argv:
         argv += ["--store", store.uri] + (["--endpoint-url", store.endpoint_url] if store.endpoint_url else [])
     before = _objects(store)
-    code, err = _run(capsys, [*argv, "--quiet", "--lease-wait", "0"])
+    # no progress bars and no waiting for a lease, where the command offers those flags
+    extra = [flag for flag in (["--quiet"], ["--lease-wait", "0"]) if _offers(argv[0], flag[0])]
+    code, err = _run(capsys, [*argv, *(a for flag in extra for a in flag)])
     assert code == 2, f"exit {code}: {err}"
     assert "error:" in err and "Traceback" not in err, err
     assert expect in err, err

@@ -3,11 +3,12 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from raysisa.api import evaluate
-from raysisa.cli import main, read_ids_file
+from raysisa.cli import build_parser, main, read_ids_file
 from raysisa.config import StoreConfig
 from raysisa.errors import InvalidIdsError
 from tests.conftest import TINY
@@ -18,16 +19,29 @@ pytestmark = pytest.mark.ray
 SET = [arg for item in TINY for arg in ("--set", item)]
 
 
+QUIET = {"demo", "train", "unlearn", "compare"}  # the commands with progress bars
+
+
 def run(capsys, *argv):
-    code = main([*argv, "--quiet"])
+    code = main([*argv, *(["--quiet"] if argv[0] in QUIET else [])])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def strict_json(text: str):
+    """Parse as strict JSON parsers do (Python's json accepts NaN and Infinity; they don't)."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def test_train_unlearn_evaluate_inspect_and_the_exclusion_reference(tmp_path, capsys, ray_cluster):
     store, reference = str(tmp_path / "sisa"), str(tmp_path / "reference")
     code, out, _ = run(capsys, "train", "--store", store, *SET, "--json")
-    assert code == 0 and json.loads(out)["slices_trained"] == 9
+    trained = strict_json(out)  # slice 0's rows have no loss: null, not NaN
+    assert code == 0 and trained["slices_trained"] == 9
+    assert any(row["slice"] == 0 for row in trained["slices"]) and "NaN" not in out
 
     ids = pick(StoreConfig(uri=store), [(0, 1, 0), (1, 3, 2)])
     code, out, _ = run(capsys, "unlearn", "--store", store, "--ids", ",".join(map(str, ids)), "--json")
@@ -70,6 +84,68 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys):
     bad.write_text("model: {name: alexnet}\n")
     code, _, err = run(capsys, "train", "--store", str(tmp_path / "x"), "--config", str(bad))
     assert code == 2 and "unknown model 'alexnet'" in err
+
+
+def test_errors_are_one_json_document_with_json(tmp_path, capsys):
+    code, out, err = run(capsys, "evaluate", "--store", str(tmp_path / "nothing"), "--json")
+    error = strict_json(out)["error"]
+    assert code == 2 and error["kind"] == "StoreNotFoundError" and "no raysisa run at" in error["message"] and not err
+    code, out, _ = run(capsys, "unlearn", "--store", str(tmp_path / "nothing"), "--ids", "1,x", "--json")
+    assert code == 2 and strict_json(out)["error"]["kind"] == "InvalidIdsError"
+
+
+def test_version_and_flags_where_they_apply(tmp_path, capsys):
+    from raysisa import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"raysisa {__version__}"
+    # global flags before or after the command
+    for argv in (["-v", "inspect", "--store", str(tmp_path)], ["inspect", "--store", str(tmp_path), "-v"]):
+        args = build_parser().parse_args(argv)
+        assert args.verbose and args.log_format == "text"
+    assert build_parser().parse_args(["--log-format", "json", "inspect", "--store", "x"]).log_format == "json"
+    assert not build_parser().parse_args(["inspect", "--store", "x"]).verbose
+    # flags a command does not use are not offered
+    for argv in (["evaluate", "--store", "x", "--address", "auto"], ["inspect", "--store", "x", "--quiet"],
+                 ["requests", "--store", "x", "--lease-wait", "3"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "random 1%," in capsys.readouterr().out
+
+
+def test_a_relative_store_is_refused_inside_a_ray_job(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray sets for a job's entrypoint
+    for argv in (["train", "--store", "runs/digits"], ["inspect", "--store", "file://runs/x"], ["demo", "--store", "demo"]):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and "relative local path inside a Ray job" in err and argv[2] in err
+    study = Path(__file__).resolve().parents[2] / "tune_configs" / "digits.yaml"
+    code, _, err = run(capsys, "sweep", str(study), "--storage", "./sweeps")
+    assert code == 2 and "--storage ./sweeps is a relative local path inside a Ray job" in err
+    assert list(tmp_path.iterdir()) == []  # nothing was written
+    code, _, err = run(capsys, "inspect", "--store", str(tmp_path / "absolute"))  # absolute paths pass on
+    assert code == 2 and "no raysisa run at" in err
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    code, _, err = run(capsys, "inspect", "--store", "runs/digits")  # outside a job, relative is fine
+    assert code == 2 and "no raysisa run at" in err
+
+
+def test_json_log_lines(tmp_path, capsys):
+    import logging
+
+    from raysisa.cli import configure_logging
+
+    try:
+        configure_logging(True, "json")
+        logging.getLogger("raysisa.test").info("hello %s", "there")
+        line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+        assert line["message"] == "hello there" and line["level"] == "INFO" and line["logger"] == "raysisa.test"
+    finally:
+        configure_logging(False)
 
 
 def test_train_from_a_torchvision_data_dir(tmp_path, capsys, ray_cluster):

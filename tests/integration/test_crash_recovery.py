@@ -117,10 +117,10 @@ def _copy_run(template, store: StoreConfig) -> None:
 def _commands(kind: str, flags: list[str], template) -> list[str]:
     ids = ",".join(map(str, template["ids"]))
     return {
-        "unlearn": ["unlearn", *flags, "--ids", ids],
-        "ingest": ["train", *flags, *SET, "--exclude-ids-file", template["ids_file"]],
+        "unlearn": ["unlearn", *flags, "--ids", ids, "--quiet"],
+        "ingest": ["train", *flags, *SET, "--exclude-ids-file", template["ids_file"], "--quiet"],
         "batch": ["forget", *flags, "--ids", ids, "--key", KEY, "--wait", "exact", *(a for s in COORDINATOR for a in ("--set", s))],
-    }[kind] + ["--in-process", "--quiet"]
+    }[kind] + ["--in-process"]
 
 
 def _recover(kind: str, path: str, flags: list[str], store: StoreConfig, template) -> None:

@@ -174,6 +174,15 @@ def test_resuming_needs_no_config(trained):
     assert report.slices_trained == 0 and report.slices == []  # nothing left to do
 
 
+def test_the_progress_bar_counts_what_the_report_counts(tmp_path, tiny_job, capsys):
+    # slice 0 (the initial model) is written, but it is not a trained slice in the report or the bar
+    report = train(tiny_job, _store(tmp_path, "bar"), pool=LocalPool(), progress=True)
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    done = report.slices_trained
+    assert done == 3 * 3 and any(f"{done}/{done} " in line for line in bar)
+    assert not any(f"/{done + 3} " in line for line in bar)
+
+
 def test_excluding_unknown_ids_writes_nothing(tmp_path, tiny_job):
     store = _store(tmp_path, "x")
     with pytest.raises(InvalidIdsError, match="not training samples"):
