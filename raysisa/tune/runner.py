@@ -84,22 +84,23 @@ def _prepare_all(study: StudySpec, models: StoreConfig) -> list[Prepared]:
     return ray.get(refs)
 
 
-def _tuner(study: AnyStudy, paths: SweepPaths, name: str, trainable, resume: bool, **fresh: Any):
+def _tuner(study: AnyStudy, paths: SweepPaths, name: str, trainable, resume: bool, *,
+           param_space: dict[str, Any], num_samples: int, scheduler):
     """The Tune experiment ``name`` of ``study`` running ``trainable``: restored from storage
-    when ``resume`` and present, else a new one that minimises the reported ``objective``
-    (``fresh``: its ``param_space``, ``num_samples`` and ``scheduler``)."""
+    when ``resume`` and present (Tune keeps its space, samples and scheduler), else a new one
+    that minimises the reported ``objective``."""
     from ray import tune
 
     trainable = tune.with_resources(trainable, {"cpu": study.resources.cpu, "gpu": study.resources.gpu})
     path = paths.experiment(name)
     if resume and tune.Tuner.can_restore(path):
         return tune.Tuner.restore(path, trainable=trainable)
-    space = fresh.pop("param_space")
     tune_config = tune.TuneConfig(
-        metric="objective", mode="min", search_alg=_search(study), max_concurrent_trials=study.resources.max_concurrent, **fresh
+        metric="objective", mode="min", num_samples=num_samples, search_alg=_search(study), scheduler=scheduler,
+        max_concurrent_trials=study.resources.max_concurrent,
     )
     run_config = tune.RunConfig(name=name, storage_path=paths.root, verbose=0, log_to_file=True)
-    return tune.Tuner(trainable, param_space=space, tune_config=tune_config, run_config=run_config)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
 def _function(run: Callable[[dict[str, Any], Any, Callable], Any], setup: Any, name: str):
