@@ -13,11 +13,12 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from raysisa import api
+from raysisa import api, telemetry
 from raysisa.config import ClusterConfig, StoreConfig, load_config
 from raysisa.errors import ConfigError, InvalidIdsError, RaysisaError
 from raysisa.store import RunStore
@@ -457,10 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_: str, store_required: bool = True, *, ray: bool = True, progress: bool = True,
-                writes: bool = True) -> argparse.ArgumentParser:
+                writes: bool = True, metrics: bool = False) -> argparse.ArgumentParser:
         """A subcommand with the flags it uses: ``ray`` (it can run on a Ray cluster: --address,
         --connect-timeout), ``progress`` (it shows progress bars: --quiet), ``writes`` (it takes
-        the store's writer lease: --lease-wait)."""
+        the store's writer lease: --lease-wait), ``metrics`` (it does work worth watching:
+        --metrics-port, --metrics-pushgateway)."""
         p = sub.add_parser(name, help=help_, description=help_.replace("%%", "%"), parents=[common])
         p.add_argument("--store", required=store_required, help="run location: a folder, file://, s3://bucket/prefix")
         p.add_argument("--endpoint-url", help="S3 endpoint for S3-compatible servers (or set AWS_ENDPOINT_URL)")
@@ -474,15 +476,20 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--lease-wait", type=float, metavar="SECONDS", help="wait this long for another writer of the store to finish (default 60)"
             )
+        if metrics:
+            p.add_argument("--metrics-port", metavar="[HOST:]PORT",
+                           help="serve Prometheus metrics at http://HOST:PORT/metrics while the command runs (long commands)")
+            p.add_argument("--metrics-pushgateway", metavar="URL",
+                           help="push the command's metrics to this Prometheus Pushgateway when it ends (batch jobs)")
         return p
 
     def in_process(p: argparse.ArgumentParser) -> None:
         p.add_argument("--in-process", action="store_true", help="run shard work in this process, without Ray (small runs, tests)")
 
-    p = command("demo", "train on scikit-learn digits, unlearn a random 1%%, compare with a full retrain", False, writes=False)
+    p = command("demo", "train on scikit-learn digits, unlearn a random 1%%, compare with a full retrain", False, writes=False, metrics=True)
     p.set_defaults(func=cmd_demo)
 
-    p = command("train", "create (or resume) a SISA run and train every shard")
+    p = command("train", "create (or resume) a SISA run and train every shard", metrics=True)
     p.add_argument(
         "--config", help="YAML config file (default: resume the run at --store, else the embedded digits recipe)"
     )
@@ -494,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     in_process(p)
     p.set_defaults(func=cmd_train)
 
-    p = command("unlearn", "exactly unlearn samples: retrain only the slices that saw them")
+    p = command("unlearn", "exactly unlearn samples: retrain only the slices that saw them", metrics=True)
     ids = p.add_mutually_exclusive_group(required=True)
     ids.add_argument("--ids", help="comma-separated sample ids, e.g. 1,2,3")
     ids.add_argument("--ids-file", help="file of ids (text or JSON list)")
@@ -506,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="comma-separated shard weights")
     p.set_defaults(func=cmd_evaluate)
 
-    p = command("compare", "retrain and approximate unlearning methods on the same forget set, with a report")
+    p = command("compare", "retrain and approximate unlearning methods on the same forget set, with a report", metrics=True)
     p.add_argument("--config", help="YAML config with a `compare` section (default: digits, random 10%%)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--methods", help="comma-separated methods (default: the config's, else all)")
@@ -516,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     in_process(p)
     p.set_defaults(func=cmd_compare)
 
-    p = command("forget", "log a deletion request (durably, before acknowledging it); optionally wait for it", progress=False)
+    p = command("forget", "log a deletion request (durably, before acknowledging it); optionally wait for it", progress=False, metrics=True)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--ids", help="comma-separated sample ids")
     what.add_argument("--ids-file", help="file of ids (text or JSON list)")
@@ -604,6 +611,7 @@ def configure_logging(verbose: bool, log_format: str = "text") -> None:
 def _fail(args: argparse.Namespace, exc: BaseException) -> int:
     """Report an error raysisa raised on purpose: ``error: ...`` on stderr, or with ``--json``
     one JSON document on stdout (``{"error": {"kind", "message"}}``); exit status 2 either way."""
+    telemetry.error("cli", exc)
     if getattr(args, "json", False):
         print(_json({"error": {"kind": type(exc).__name__, "message": str(exc)}}))
     else:
@@ -611,16 +619,58 @@ def _fail(args: argparse.Namespace, exc: BaseException) -> int:
     return 2
 
 
+class _Metrics:
+    """``--metrics-port`` and ``--metrics-pushgateway`` of one command (see :mod:`raysisa.telemetry`)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.command = args.command
+        self.port = getattr(args, "metrics_port", None)
+        self.gateway = getattr(args, "metrics_pushgateway", None)
+        self.run = telemetry.run_label(args.store) if getattr(args, "store", None) else "-"
+        self.server = None
+        self.started = time.perf_counter()
+
+    def start(self) -> None:
+        """Check both flags and start serving, before the command does any work."""
+        if self.gateway is not None and not re.match(r"https?://[^/\s]+", self.gateway):
+            raise ConfigError(f"--metrics-pushgateway {self.gateway!r}: expected an http(s):// URL, e.g. http://pushgateway:9091")
+        if self.port is None:
+            return
+        if not re.fullmatch(r"(?:[^:]+:)?\d{1,5}", self.port) or int(self.port.rpartition(":")[2]) > 65535:
+            raise ConfigError(f"--metrics-port {self.port!r}: expected PORT or HOST:PORT, e.g. 9101 or 127.0.0.1:9101")
+        try:
+            self.server, _ = telemetry.serve(self.port)
+        except OSError as exc:
+            raise ConfigError(f"--metrics-port {self.port}: cannot listen there: {exc.strerror or exc}") from None
+
+    def finish(self, ok: bool) -> None:
+        """Record how the command ended; push to the gateway; stop serving."""
+        telemetry.job_finished(self.command, time.perf_counter() - self.started, ok)
+        if self.gateway is not None:
+            try:
+                telemetry.push(self.gateway, "raysisa", {"command": self.command, "run": self.run})
+            except OSError as exc:  # the command's work is done: a lost push is a warning
+                print(f"warning: could not push metrics to {self.gateway}: {exc}", file=sys.stderr)
+        if self.server is not None:
+            self.server.shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.log_format)
+    metrics = _Metrics(args)
+    code = 2
     try:
+        metrics.start()
         args.func(args)
+        code = 0
     except RaysisaError as exc:
-        return _fail(args, exc)
+        code = _fail(args, exc)
     except TimeoutError as exc:  # --wait ran out of time: the request stays logged
-        return _fail(args, exc)
-    return 0
+        code = _fail(args, exc)
+    finally:
+        metrics.finish(code == 0)
+    return code
 
 
 if __name__ == "__main__":

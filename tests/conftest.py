@@ -15,6 +15,7 @@ import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")  # actors export metrics every second, not 10
 os.environ["AWS_ACCESS_KEY_ID"] = "testing"
 os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ["AWS_SESSION_TOKEN"] = "testing"
@@ -58,12 +59,17 @@ def s3_bucket(s3_endpoint: str) -> str:
     return make_bucket(s3_endpoint)
 
 
+RAY_METRICS_PORT = free_port()  # where the session cluster's node exports its Prometheus metrics
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(s3_endpoint: str):
-    """One local Ray cluster for the whole test session."""
+    """One local Ray cluster for the whole test session (Prometheus metrics on
+    ``RAY_METRICS_PORT``)."""
     import ray
 
     ray.init(
+        _metrics_export_port=RAY_METRICS_PORT,
         address="local",
         num_cpus=4,  # logical: shard actors reserve fractions; Ray may oversubscribe the 2 real cores
         include_dashboard=False,

@@ -58,6 +58,9 @@ class CoordinatorConfig(ConfigModel):
             exact state is retrained.
         idle_seconds: restore exactness of approximate shards after this much idle time
             (``None``: only when a debt bound is reached).
+        exact_deadline_seconds: how long a request may stay not exact before the
+            ``RaysisaRequestPastDeadline`` alert fires (exported with the metrics; default
+            30 days, GDPR's "within one month"). Nothing else depends on it.
     """
 
     policy: str = "ohs"
@@ -71,6 +74,7 @@ class CoordinatorConfig(ConfigModel):
     max_approx_updates: int = Field(5, ge=1)
     max_drift_points: float = Field(1.0, ge=0)
     idle_seconds: float | None = Field(30.0, ge=0)
+    exact_deadline_seconds: float = Field(30 * 24 * 3600.0, gt=0)
     dpus: DpusConfig = Field(default_factory=DpusConfig)
     ohs: OhsConfig = Field(default_factory=OhsConfig)
 

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from raysisa import telemetry
 from raysisa.coordinator.plan import BatchPlan
 from raysisa.coordinator.records import Receipt, Request
 from raysisa.errors import InvalidIdsError, StoreError, StoreNotFoundError
@@ -167,6 +168,7 @@ class Ledger:
     def __init__(self, objects: ObjectStore) -> None:
         self.objects = objects
         self._requests: dict[str, Request] = {}  # requests are immutable: each is read once
+        self.run = telemetry.run_label(objects.config.uri)  # the metrics' run label
 
     # -- requests -------------------------------------------------------------------------
     @staticmethod
@@ -189,6 +191,7 @@ class Ledger:
             # announced before it exists, so no logged request is ever missing from the inbox or the snapshot
             self.objects.create_json(f"{INBOX}/{request_id}.json", {"request_id": request_id, "at": request.submitted_at})
             if self.objects.create_json(f"{REQUESTS}/{request_id}.json", request.to_dict()):
+                telemetry.request_received(self.run)
                 return Ack(request_id, "pending", False, len(ids_list))
             existing = self.request(request_id)  # created by another submission at this same instant
         if existing.ids != ids_list:
@@ -293,6 +296,8 @@ class Ledger:
                 event = self.objects.get_json(key)
             view.entries[rid] = replace(entry, state=state)
             view.changed = True
+            if new:  # counted once, when the event is created (a replay finds it)
+                telemetry.request_transition(self.run, entry.state, state, parse_time(event["at"]) - parse_time(entry.submitted_at))
             out.append(Recorded(event, new))
         return out
 

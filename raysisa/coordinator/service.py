@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from raysisa import telemetry
 from raysisa.config import CoordinatorConfig, StoreConfig
 from raysisa.coordinator.ledger import Ledger, LedgerView, Request, now, parse_time
 from raysisa.coordinator.plan import (
@@ -97,6 +98,8 @@ class Coordinator:
         self.last_activity = time.time()
         self._test: tuple[torch.Tensor, np.ndarray] | None = None
         self.store.manifest()  # fails clearly when there is no run
+        for shard, ref in self._overlays().items():  # the debt a restarted coordinator finds
+            telemetry.shard_debt(self.ledger.run, shard, self._overlay_meta(ref).updates)
 
     # -- the loop ---------------------------------------------------------------------------
     def step(self) -> str:
@@ -127,6 +130,7 @@ class Coordinator:
         if plans:
             return "resumed", plans[0]
         view = self.ledger.view()
+        self._report(view)
         pending = view.in_state("pending")
         if pending:
             oldest = min(parse_time(e.submitted_at) for e in pending)
@@ -149,6 +153,14 @@ class Coordinator:
         if idle is not None and time.time() - self.last_activity >= idle:
             return "restored", approximate
         return "idle", None
+
+    def _report(self, view: LedgerView) -> None:
+        """Publish what the ledger says now: open requests by state, the oldest one's age."""
+        open_ = [e for e in view.entries.values() if e.state in ("pending", *APPLIED)]
+        oldest = min((parse_time(e.submitted_at) for e in open_), default=None)
+        age = 0.0 if oldest is None else time.time() - oldest
+        telemetry.ledger_read(self.ledger.run, Counter(e.state for e in open_), age, self.config.exact_deadline_seconds,
+                              self.config.max_approx_updates)
 
     def run_until_settled(self, timeout: float = 600.0, exact: bool = True) -> None:
         """Step until nothing is pending (and, with ``exact``, no shard is approximate)."""
@@ -185,6 +197,8 @@ class Coordinator:
             batch_id=new_batch_id(stamp), created_at=now(), now=stamp,
         )
         self.ledger.write_plan(plan)
+        for entry in plan.shards:
+            telemetry.shard_decision(self.ledger.run, plan.policy, entry.decision.kind)
         crash_point("batch.planned")
         log.info("batch %s: %d request(s), %d rejected, %d shard(s): %s", plan.batch_id, len(plan.requests),
                  len(plan.rejected), len(plan.shards), Counter(s.decision.kind for s in plan.shards))
@@ -323,6 +337,7 @@ class Coordinator:
         for shard, (_, decision) in updates.items():
             steps = [results[shard], *([tuned[shard]] if shard in tuned else [])]
             seconds[shard] = sum(r.seconds for r in steps)
+            telemetry.update_applied(self.ledger.run, decision.method, sum(r.outcome.sample_grads for r in steps))
             self._write_overlay(shard, decision, steps[-1].tensors, bases[shard], ids[shard], batch_id, carried[shard],
                                 tuned[shard].outcome.epochs if shard in tuned else 0)
             crash_point("batch.overlay")
@@ -357,6 +372,7 @@ class Coordinator:
             created_at=now(),
         )
         self.store.overlays.put(ref, {f"model/{k}": v for k, v in tensors.items()}, new.to_dict())
+        telemetry.shard_debt(self.ledger.run, shard, new.updates)
         if previous and previous != ref:
             self.store.overlays.delete([previous])
 
@@ -402,6 +418,7 @@ class Coordinator:
         for shard in shards:
             if shard not in pending:
                 self.store.overlays.delete(self.store.overlays.list(shard))
+                telemetry.shard_debt(self.ledger.run, shard, 0)
 
     def _open_requests(self, view: LedgerView | None = None) -> list[str]:
         """Requests applied but not yet exact."""
@@ -449,6 +466,7 @@ class Coordinator:
             if recorded.new or receipt.exact_at is None:
                 self.ledger.write_receipt(receipt.with_transition(Transition(recorded.state, recorded.at), exact_at=recorded.at))
         self.ledger.commit(view)  # after the receipts: a crash before it settles these requests again
+        self._report(view)
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _served_keys(self, shards: list[int]) -> dict[int, dict[str, Any]]:
@@ -516,6 +534,7 @@ class Coordinator:
                 )
             self.ledger.write_receipt(receipt)
         self.ledger.commit(view)  # after the receipts: a crash before it records this batch again
+        self._report(view)
 
     def _recorded(self, request_id: str, batch_id: str, state: str) -> bool:
         """Whether the request's receipt already records ``state`` from batch ``batch_id``."""

@@ -38,6 +38,7 @@ class UnlearnOutcome:
     unlearn_seconds: float = 0.0
     epochs: int = 0
     steps: int = 0
+    sample_grads: int = 0  # samples through a training step, summed over epochs and phases
     notes: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,6 +119,7 @@ def iterate_method(method: UnlearnMethod, ctx: UnlearnContext) -> Iterator[Unlea
                 extra=phase.extra,
             )
             outcome.steps += stats.batches
+            outcome.sample_grads += stats.samples
             seen, total = seen + stats.samples, total + stats.loss_sum
         losses.append(total / max(seen, 1))
         outcome.epochs = epoch + 1

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from raysisa import telemetry
 from raysisa.config import RunSpec, StoreConfig
 from raysisa.data.samples import take_ids
 from raysisa.data.sources import load_source
@@ -294,6 +295,12 @@ class SisaRun:
                         in_flight[pool.submit(shard, TrainSlice(at, queues[shard].pop(0)))] = shard
         return reports
 
+    def _retrained(self, reports: list[SliceReport]) -> list[SliceReport]:
+        """``reports`` of retraining after a deletion, counted in the metrics."""
+        trained = [r for r in reports if r.trained and r.slice > 0]
+        telemetry.slices_retrained(telemetry.run_label(self.store.uri), len(trained), sum(r.sample_grads for r in trained))
+        return reports
+
     # -- unlearning ------------------------------------------------------------------------
     def check_ids(self, ids: Iterable[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Validate ids for deletion: (all requested, to delete now, already deleted).
@@ -363,7 +370,7 @@ class SisaRun:
             if shards is None:
                 self.store.sweep(lease)
             work = self.pending_work(shards=shards)
-            return self._run_work(pool, work, progress, "retraining")
+            return self._retrained(self._run_work(pool, work, progress, "retraining"))
 
     def unlearn(self, ids: Iterable[Any], pool: ShardPool, progress: bool = False) -> UnlearnReport:
         """Exactly unlearn ``ids`` (see the module docstring).
@@ -379,7 +386,7 @@ class SisaRun:
             sweep = sweep or self.store.sweep(lease)
             # the shards holding the ids: those just deleted, and those of ids deleted before
             # (a re-run after a crash finishes their retraining)
-            reports = self._run_work(pool, self.pending_work(shards=shards), progress, "retraining")
+            reports = self._retrained(self._run_work(pool, self.pending_work(shards=shards), progress, "retraining"))
         if len(deleting):
             message = f"deleted {len(deleting)} sample(s) from {len(first)} shard(s)"
             if len(already):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from raysisa import telemetry
 from raysisa.config import RunSpec, StoreConfig, slice_epochs
 from raysisa.crashpoints import crash_point
 from raysisa.data.samples import DatasetInfo
@@ -85,6 +86,7 @@ class _Run:
         self.spec: RunSpec = self.store.spec
         self.info: DatasetInfo = self.store.info
         self.fingerprint = self.store.fingerprint
+        self.label = telemetry.run_label(store.uri)  # the metrics' run label
 
 
 @dataclass(frozen=True)
@@ -242,6 +244,7 @@ class ShardWorker:
         lineage = [p.ids for p in parts[:r]]
         manifest = run.store.checkpoints.put(refs[r], tensors, self._manifest(run, refs[r], lineage, tensors, extra))
         self._written = Checkpoint(refs[r], {k: v.detach().clone() for k, v in tensors.items()}, manifest)
+        telemetry.shard_trained(run.label, self.shard, plan[r - 1] * len(x), seconds)
         log.info("shard %d slice %d trained: %d samples x %d epochs in %.2fs", self.shard, r, len(x), plan[r - 1], seconds)
         return SliceReport(
             self.shard, r, refs[r].key, True, plan[r - 1], len(x), plan[r - 1] * len(x), seconds, loss_sum / max(seen, 1)

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 import uuid
 from typing import Any
 
@@ -32,6 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from raysisa.config import StoreConfig
 from raysisa.errors import StoreError, StoreNotFoundError, StoreUnavailableError
+from raysisa import telemetry
 from raysisa.store import traffic
 
 __all__ = ["ObjectStore"]
@@ -178,6 +180,7 @@ class ObjectStore:
         """Write ``data`` at ``key`` atomically: readers see the old object or the new one."""
         path = self.path(key)
         self._count("PUT", bytes_written=len(data))
+        started = time.perf_counter()
         try:
             if self._local:
                 # A rename within one folder is atomic; a crash leaves only a .tmp- file.
@@ -187,6 +190,7 @@ class ObjectStore:
                 self.fs.pipe_file(path, data)
         except _FOREIGN as exc:
             raise _translate(exc, f"cannot write {self.uri(key)}") from None
+        telemetry.store_op("write", key, time.perf_counter() - started, len(data))
 
     def create_bytes(self, key: str, data: bytes) -> bool:
         """Write ``data`` at ``key`` only if no object is there; ``False`` if one was.
@@ -196,6 +200,7 @@ class ObjectStore:
         """
         path = self.path(key)
         self._count("PUT", bytes_written=len(data))
+        started = time.perf_counter()
         try:
             if self._local:
                 tmp = self._temporary(path, data)
@@ -205,8 +210,9 @@ class ObjectStore:
                     return False
                 finally:
                     os.unlink(tmp)
-                return True
-            self.fs.pipe_file(path, data, mode="create")  # If-None-Match: * on S3
+            else:
+                self.fs.pipe_file(path, data, mode="create")  # If-None-Match: * on S3
+            telemetry.store_op("write", key, time.perf_counter() - started, len(data))
             return True
         except FileExistsError:
             return False
@@ -227,23 +233,27 @@ class ObjectStore:
             return
         paths = [self.path(k) for k in keys]
         self._count("DELETE")  # one batched request, as on S3
+        started = time.perf_counter()
         try:
             if self._s3:
                 self.fs.rm(paths)  # one batched DeleteObjects per 1000 keys; missing keys are no error
-                return
-            for path in paths:
-                with contextlib.suppress(FileNotFoundError):
-                    self.fs.rm_file(path)
+            else:
+                for path in paths:
+                    with contextlib.suppress(FileNotFoundError):
+                        self.fs.rm_file(path)
         except _FOREIGN as exc:
             raise _translate(exc, f"cannot delete under {self.uri('')}") from None
+        telemetry.store_op("delete", keys[0], time.perf_counter() - started)
 
     # -- reads ----------------------------------------------------------------------------
     def get_bytes(self, key: str) -> bytes:
         self._count("GET")
+        started = time.perf_counter()
         try:
             data = self.fs.cat_file(self.path(key))
             if traffic.counting():
                 traffic.record(None, read=key, bytes_read=len(data))
+            telemetry.store_op("read", key, time.perf_counter() - started, len(data))
             return data
         except FileNotFoundError:
             raise StoreNotFoundError(f"{self.uri(key)} does not exist") from None
@@ -287,6 +297,7 @@ class ObjectStore:
         """Every path under ``prefix``, temporary files included (store-relative keys)."""
         base = self.path(prefix)
         self._count("LIST")
+        started = time.perf_counter()
         try:
             if self._s3 and prefix:
                 # Listing with a key prefix is one LIST request (per 1,000 keys) even when
@@ -298,6 +309,7 @@ class ObjectStore:
             return []
         except _FOREIGN as exc:
             raise _translate(exc, f"cannot list {self.uri(prefix)}") from None
+        telemetry.store_op("list", prefix, time.perf_counter() - started)
         start = len(self.root) + 1
         return [p[start:] for p in found if p.startswith(self.root + "/")]
 

@@ -53,6 +53,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raysisa import telemetry
 from raysisa.config import RunSpec, StoreConfig
 from raysisa.crashpoints import crash_point
 from raysisa.data.samples import SAMPLE_SCHEMA, DatasetInfo, SourceData, drop_ids, take_ids
@@ -485,6 +486,7 @@ class RunStore:
         txn = self._txn("delete", state.version + 1, lease, ids=[int(i) for i in plan.ids], reason=reason)
         self._begin(txn, lease)
         self._commit(self._apply_delete(txn, plan.tables, plan.tombstones), lease)
+        telemetry.samples_deleted(telemetry.run_label(self.uri), len(plan.ids))
         return self._finish(txn, lease, before=state)
 
     def _apply_delete(

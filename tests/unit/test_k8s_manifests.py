@@ -384,7 +384,8 @@ def test_core_kinds_validate_strictly_against_kubernetes_schemas(rendered):
 
 
 def test_kustomize_base_renders_the_long_lived_resources_in_one_namespace(rendered):
-    assert sorted(doc["kind"] for doc in rendered) == ["ConfigMap", "Namespace", "PodMonitor", "RayCluster", "Secret"]
+    kinds = ["ConfigMap", "ConfigMap", "Namespace", "PodMonitor", "PrometheusRule", "RayCluster", "Secret"]
+    assert sorted(doc["kind"] for doc in rendered) == kinds
     for doc in rendered:
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == "raysisa", doc["kind"]
@@ -395,8 +396,10 @@ def test_kustomize_base_renders_the_long_lived_resources_in_one_namespace(render
     (secret,) = _by_kind(rendered, "Secret")
     assert secret["metadata"]["name"] == S3_SECRET
     assert set(secret["data"]) >= {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-    (config_map,) = _by_kind(rendered, "ConfigMap")
+    config_map, dashboard = sorted(_by_kind(rendered, "ConfigMap"), key=lambda d: d["metadata"]["name"] != CONFIG_MAP)
     assert config_map["metadata"]["name"] == CONFIG_MAP
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"  # what Grafana's sidecar loads
+    assert json.loads(dashboard["data"]["raysisa-dashboard.json"])["uid"] == "raysisa-unlearning"
     assert set(config_map["data"]) == {p.name for p in (K8S / "configs").iterdir()}
     (cluster,) = _by_kind(rendered, "RayCluster")
     assert {c["image"] for _, c in _secured_containers(cluster) if "image" in c} == {IMAGE}
