@@ -136,7 +136,9 @@ def _strict(value: Any) -> Any:
 
 
 def _json(payload: Any) -> str:
-    return json.dumps(_strict(json.loads(json.dumps(payload, default=str))), indent=2, allow_nan=False)
+    """One strict JSON document: non-finite floats as ``null``, other values JSON has no
+    type for (paths, numpy scalars that are not floats) as strings."""
+    return json.dumps(_strict(payload), default=str, indent=2, allow_nan=False)
 
 
 def _emit(args: argparse.Namespace, payload: dict[str, Any], lines: list[str]) -> None:
