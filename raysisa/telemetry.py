@@ -24,8 +24,11 @@ decision, state, work, method, op, object, component, kind, command, outcome): n
 request id. Counts that must hold for an audit come from the ledger; these mirror it (a
 request transition is counted when its ledger event is created, once).
 
-Ray's histograms approximate ``_sum`` from the bucket bounds; their buckets (and so
-percentiles) are exact.
+Two things Ray does differently: its histograms approximate ``_sum`` from the bucket bounds
+(buckets, and so percentiles, are exact), and it drops a gauge a worker has not set again
+within about two export intervals. So what a worker measures now and then is a counter
+(throughput is ``rate(sample-gradients) / rate(train seconds)``), and the coordinator
+re-sets its gauges on every look at the ledger.
 
 Example:
     >>> request_received("runs/demo")
@@ -125,8 +128,8 @@ METRICS: dict[str, MetricSpec] = {
         # shard training
         _m("raysisa_shard_sample_gradients", "counter", "Sample-gradients of slice training, per shard.", "run", "shard"),
         _m("raysisa_shard_slices_trained", "counter", "Slices trained (first training and retraining), per shard.", "run", "shard"),
-        _m("raysisa_shard_throughput", "gauge",
-           "Sample-gradients per second of a shard's last trained slice (wall time).", "run", "shard"),
+        _m("raysisa_shard_train_seconds", "counter",
+           "Wall seconds of slice training, per shard: sample-gradients / seconds is the training throughput.", "run", "shard"),
         # storage
         _m("raysisa_store_seconds", "histogram", "Latency of store operations (op: read, write, delete, list).",
            "op", "object", buckets=IO_BUCKETS),
@@ -302,9 +305,8 @@ def shard_debt(run: str, shard: int, updates: int) -> None:
 def shard_trained(run: str, shard: int, sample_grads: int, seconds: float) -> None:
     """One slice trained by a shard: its sample-gradients and wall seconds."""
     _record("raysisa_shard_sample_gradients", sample_grads, {"run": run, "shard": shard})
+    _record("raysisa_shard_train_seconds", seconds, {"run": run, "shard": shard})
     _record("raysisa_shard_slices_trained", 1, {"run": run, "shard": shard})
-    if seconds > 0:
-        _record("raysisa_shard_throughput", sample_grads / seconds, {"run": run, "shard": shard})
 
 
 def object_kind(key: str) -> str:

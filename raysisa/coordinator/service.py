@@ -98,8 +98,8 @@ class Coordinator:
         self.last_activity = time.time()
         self._test: tuple[torch.Tensor, np.ndarray] | None = None
         self.store.manifest()  # fails clearly when there is no run
-        for shard, ref in self._overlays().items():  # the debt a restarted coordinator finds
-            telemetry.shard_debt(self.ledger.run, shard, self._overlay_meta(ref).updates)
+        # approximate updates per shard (the debt), published with every look at the ledger
+        self._debt = {shard: self._overlay_meta(ref).updates for shard, ref in self._overlays().items()}
 
     # -- the loop ---------------------------------------------------------------------------
     def step(self) -> str:
@@ -161,6 +161,8 @@ class Coordinator:
         age = 0.0 if oldest is None else time.time() - oldest
         telemetry.ledger_read(self.ledger.run, Counter(e.state for e in open_), age, self.config.exact_deadline_seconds,
                               self.config.max_approx_updates)
+        for shard, updates in self._debt.items():
+            telemetry.shard_debt(self.ledger.run, shard, updates)
 
     def run_until_settled(self, timeout: float = 600.0, exact: bool = True) -> None:
         """Step until nothing is pending (and, with ``exact``, no shard is approximate)."""
@@ -372,7 +374,7 @@ class Coordinator:
             created_at=now(),
         )
         self.store.overlays.put(ref, {f"model/{k}": v for k, v in tensors.items()}, new.to_dict())
-        telemetry.shard_debt(self.ledger.run, shard, new.updates)
+        self._debt[shard] = new.updates
         if previous and previous != ref:
             self.store.overlays.delete([previous])
 
@@ -418,7 +420,7 @@ class Coordinator:
         for shard in shards:
             if shard not in pending:
                 self.store.overlays.delete(self.store.overlays.list(shard))
-                telemetry.shard_debt(self.ledger.run, shard, 0)
+                self._debt[shard] = 0
 
     def _open_requests(self, view: LedgerView | None = None) -> list[str]:
         """Requests applied but not yet exact."""

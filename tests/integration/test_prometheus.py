@@ -52,11 +52,13 @@ def test_prometheus_scrapes_shard_actors_and_the_coordinator_actor(tmp_path, ray
     report = train(job, store, pool=ray_pool)  # shard actors: training throughput
     run = telemetry.run_label(store.uri)
     server, port = telemetry.serve("127.0.0.1:0")  # this process submits: requests received
-    handle = start_coordinator(store, CoordinatorConfig(policy="ohs", window_seconds=0.2, idle_seconds=0.5, poll_seconds=0.1),
+    handle = start_coordinator(store, CoordinatorConfig(policy="ohs", rho=0.6, window_seconds=0.2, idle_seconds=0.5, poll_seconds=0.1),
                                ClusterConfig(cpus_per_shard=0.25, max_concurrent=2))
     try:
         light, heavy = pick(store, [(0, 3, 1)]), pick(store, [(1, 1, 0), (2, 1, 3)])
-        acks = [submit(store, light, key="light"), submit(store, heavy, key="heavy")]
+        acks = [submit(store, light, key="light")]
+        wait(store, acks[0].request_id, "applied", timeout=180)  # two batches: the light one retrains
+        acks.append(submit(store, heavy, key="heavy"))
         assert [wait(store, a.request_id, "exact", timeout=180) for a in acks] == ["exact", "exact"]
         applied, exact, decisions = _ledger_counts(store)
         assert applied == {"exact": 1, "approximate": 1} and decisions["retrain"] and decisions["update"]  # both paths ran
@@ -79,7 +81,8 @@ def test_prometheus_scrapes_shard_actors_and_the_coordinator_actor(tmp_path, ray
             assert prom.scalar(f'sum(ray_raysisa_request_seconds_count{{run="{run}",until="exact"}})') == 2.0
             assert prom.scalar(f'sum(ray_raysisa_request_seconds_count{{run="{run}",until="applied"}})') == 2.0
             # training throughput from the shard actors, for every shard
-            throughput = prom.by(f"max by (shard) (ray_raysisa_shard_throughput{where})", "shard")
+            throughput = prom.by(f"sum by (shard) (ray_raysisa_shard_sample_gradients_total{where}) / "
+                                 f"sum by (shard) (ray_raysisa_shard_train_seconds_total{where})", "shard")
             assert sorted(throughput) == ["0", "1", "2"] and min(throughput.values()) > 0
             retrained = prom.scalar(f"sum(ray_raysisa_slices_retrained_total{where})")
             assert retrained and retrained > 0
@@ -117,7 +120,9 @@ def test_prometheus_reads_cli_batch_jobs_through_the_pushgateway(tmp_path):
             forget_job = f'{{job="raysisa",command="forget",run="{run}"}}'
             prom.eventually(lambda: prom.scalar(f"sum(ray_raysisa_shard_slices_trained_total{train_job})"), float(trained["slices_trained"]))
             assert prom.scalar(f"sum(ray_raysisa_shard_sample_gradients_total{train_job})") == trained["sample_grads"]
-            assert prom.scalar(f"count(ray_raysisa_shard_throughput{train_job} > 0)") == 3
+            throughput = prom.by(f"ray_raysisa_shard_sample_gradients_total{train_job} / "
+                                 f"ray_raysisa_shard_train_seconds_total{train_job}", "shard")
+            assert sorted(throughput) == ["0", "1", "2"] and min(throughput.values()) > 0
             assert prom.scalar(f"sum(ray_raysisa_requests_received_total{forget_job})") == 1.0
             assert prom.by(f"sum by (decision) (ray_raysisa_requests_applied_total{forget_job})", "decision") == {
                 k: float(v) for k, v in applied.items()}
