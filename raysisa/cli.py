@@ -88,8 +88,10 @@ def _store(args: argparse.Namespace) -> StoreConfig:
 def _cluster(args: argparse.Namespace, base: ClusterConfig | None = None) -> ClusterConfig:
     base = base or ClusterConfig()
     update: dict[str, Any] = {"address": args.address} if args.address else {}
-    if getattr(args, "connect_timeout", None) is not None:
-        update["connect_timeout_seconds"] = args.connect_timeout
+    for flag, key in (("connect_timeout", "connect_timeout_seconds"), ("cpus_per_shard", "cpus_per_shard"),
+                      ("gpus_per_shard", "gpus_per_shard")):
+        if getattr(args, flag, None) is not None:
+            update[key] = getattr(args, flag)
     return ClusterConfig.from_dict({**base.to_dict(), **update}) if update else base
 
 
@@ -474,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
         if ray:
             p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local cluster)")
             p.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="give up connecting to --address after this long (default 30)")
+            p.add_argument("--cpus-per-shard", type=float, metavar="N", help="CPUs each shard actor reserves (default: the config's, else 1)")
+            p.add_argument("--gpus-per-shard", type=float, metavar="F",
+                           help="GPUs (a fraction shares one) each shard actor reserves; > 0 trains on CUDA (default 0)")
         if writes:
             p.add_argument(
                 "--lease-wait", type=float, metavar="SECONDS", help="wait this long for another writer of the store to finish (default 60)"

@@ -117,6 +117,21 @@ def test_version_and_flags_where_they_apply(tmp_path, capsys):
     assert "random 1%," in capsys.readouterr().out
 
 
+def test_shard_resources_from_the_command_line(tmp_path, capsys):
+    from raysisa.cli import _cluster
+
+    args = build_parser().parse_args(["unlearn", "--store", "s", "--ids", "1", "--gpus-per-shard", "0.5", "--cpus-per-shard", "2"])
+    cluster = _cluster(args)
+    assert (cluster.gpus_per_shard, cluster.cpus_per_shard) == (0.5, 2.0)
+    assert _cluster(build_parser().parse_args(["unlearn", "--store", "s", "--ids", "1"])).gpus_per_shard == 0.0
+    assert main(["unlearn", "--store", str(tmp_path / "run"), "--ids", "1", "--gpus-per-shard", "-1"]) == 2
+    assert "gpus_per_shard" in capsys.readouterr().err
+    for argv in (["evaluate", "--store", "x", "--gpus-per-shard", "1"], ["subjects", "--store", "x", "--file", "f", "--cpus-per-shard", "1"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "unrecognized arguments" in capsys.readouterr().err
+
+
 def test_a_relative_store_is_refused_inside_a_ray_job(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray sets for a job's entrypoint
