@@ -19,17 +19,20 @@ class ClusterConfig(ConfigModel):
     Args:
         address: Ray address to connect to; ``None`` means ``RAY_ADDRESS`` if set, else a
             new local cluster.
-        cpus_per_shard: logical CPUs reserved by each shard actor; ``None`` spreads the
-            cluster's CPUs over the shards (at most 1 each) so every actor can start.
+        cpus_per_shard: logical CPUs reserved by each shard actor: a fixed request (never
+            derived from what is free) that an autoscaler can satisfy. Torch uses
+            ``train.threads`` threads in it whatever this is (the thread count is part of
+            the recipe), so keep the two equal: both default to 1.
         gpus_per_shard: GPU fraction reserved by each shard actor (0 trains on CPU).
         max_restarts: how often Ray restarts a dead shard actor (-1: forever).
-        max_concurrent: shards training at the same time; ``None`` means the cluster's CPUs
-            divided by ``train.threads``.
+        max_concurrent: shard actors at the same time (each serves any shard); ``None``
+            means one per shard. Those the cluster cannot place yet stay pending, a demand
+            an autoscaler sees, while the others work through the shards.
         connect_timeout_seconds: give up connecting to ``address`` after this long.
     """
 
     address: str | None = None
-    cpus_per_shard: float | None = Field(None, gt=0)
+    cpus_per_shard: float = Field(1.0, gt=0)
     gpus_per_shard: float = Field(0.0, ge=0)
     max_restarts: int = Field(3, ge=-1)
     max_concurrent: int | None = Field(None, ge=1)

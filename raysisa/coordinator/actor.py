@@ -3,6 +3,10 @@
 The actor runs :class:`~raysisa.coordinator.service.Coordinator` in a background thread.
 All of its state is on the store, so when Ray restarts it (``max_restarts=-1``) it picks
 up unfinished batch plans and pending requests where they were.
+
+It logs like the process that started it (level, text or JSON: see
+:mod:`raysisa.sisa.actors`), every record with the run's ``run`` attribute, and so do the
+shard actors of its pool (named after the run).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import ray
 
+from raysisa import telemetry
 from raysisa.config import ClusterConfig, CoordinatorConfig, StoreConfig
 
 __all__ = ["CoordinatorActor", "coordinator_name", "start_coordinator", "get_coordinator", "stop_coordinator", "NAMESPACE"]
@@ -25,14 +30,18 @@ NAMESPACE = "raysisa"
 
 
 class CoordinatorActor:
-    def __init__(self, store: StoreConfig, config: CoordinatorConfig, cluster: ClusterConfig) -> None:
+    def __init__(
+        self, store: StoreConfig, config: CoordinatorConfig, cluster: ClusterConfig, log: tuple[int, str] | None = None
+    ) -> None:
         from raysisa.coordinator.service import Coordinator
-        from raysisa.sisa.actors import RayPool
+        from raysisa.sisa.actors import RayPool, configure_worker_logging
         from raysisa.sisa.run import SisaRun
 
+        self.label = telemetry.run_label(store.uri)
+        configure_worker_logging(*(log or (logging.WARNING, "text")), run=self.label)  # every record names the run
         shards = SisaRun(store).store.spec.sharding.num_shards
-        pool = RayPool(cluster, shards)
-        pool.start(range(shards))  # every shard actor up before the first request: its latency is store work + retraining
+        pool = RayPool(cluster, shards, label=self.label)
+        pool.start(range(shards))  # shard actors requested now: started before the first request, where the cluster has room
         self.coordinator = Coordinator(store, config, pool)
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -46,10 +55,14 @@ class CoordinatorActor:
                 done = self.coordinator.step()
             except Exception as exc:
                 log.exception("coordinator step failed")
+                telemetry.error("coordinator", exc)
                 self.errors = [*self.errors[-9:], f"{type(exc).__name__}: {exc}"]
                 done = "error"
             if done in ("idle", "waiting", "busy", "error"):
                 self._stop.wait(poll)
+
+    def __repr__(self) -> str:
+        return f"CoordinatorActor(run={self.label})"
 
     def summary(self) -> dict[str, Any]:
         return {**self.coordinator.summary(), "errors": self.errors, "pid": os.getpid()}
@@ -58,9 +71,8 @@ class CoordinatorActor:
         return os.getpid()
 
     def shard_pids(self) -> dict[int, int]:
-        """Process ids of the shard actors this coordinator has started (for operators and tests)."""
-        pool = self.coordinator.pool
-        return {shard: ray.get(handle.pid.remote()) for shard, handle in pool.actors.items()}
+        """Process id of the shard actor each shard ran on last (for operators and tests)."""
+        return self.coordinator.pool.shard_pids()
 
     def stop(self) -> None:
         self._stop.set()
@@ -72,7 +84,10 @@ def coordinator_name(store: StoreConfig) -> str:
 
 
 def start_coordinator(store: StoreConfig, config: CoordinatorConfig | None = None, cluster: ClusterConfig | None = None) -> Any:
-    """The coordinator actor of ``store`` (started if not running). Ray must be initialised."""
+    """The coordinator actor of ``store`` (started if not running, logging like this
+    process). Ray must be initialised."""
+    from raysisa.sisa.actors import log_settings
+
     config = config or CoordinatorConfig()
     cluster = cluster or ClusterConfig()
     handle = (
@@ -86,7 +101,7 @@ def start_coordinator(store: StoreConfig, config: CoordinatorConfig | None = Non
             max_concurrency=4,
             num_cpus=0,
         )
-        .remote(store, config, cluster)
+        .remote(store, config, cluster, log_settings())
     )
     ray.get(handle.pid.remote())  # up and running (constructor done)
     return handle

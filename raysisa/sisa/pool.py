@@ -2,7 +2,7 @@
 
 The driver logic in :mod:`raysisa.sisa.run` talks to a :class:`ShardPool` only, so the
 whole SISA flow runs (and is unit-tested) without Ray; :class:`raysisa.sisa.actors.RayPool`
-puts one Ray actor per shard behind the same methods. What a pool runs is a typed task of
+puts a pool of Ray actors that serve any shard behind the same methods. What a pool runs is a typed task of
 :mod:`raysisa.sisa.tasks`, executed by the shard's :meth:`ShardWorker.run`.
 """
 

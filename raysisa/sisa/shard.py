@@ -128,17 +128,22 @@ class ShardWorker:
         return os.getpid()
 
     def run(self, task: ShardTask) -> SliceReport | UpdateResult | torch.Tensor:
-        """Execute one task (see :mod:`raysisa.sisa.tasks`)."""
-        match task:
-            case TrainSlice():
-                return self._train_slice(task)
-            case ApplyUpdate():
-                return self._apply_update(task)
-            case Predict():
-                return self._predict(task)
-            case RewindRetrain():
-                return self._rewind_retrain(task)
-        raise TypeError(f"not a shard task: {type(task).__name__}")
+        """Execute one task (see :mod:`raysisa.sisa.tasks`); a failure is counted in the
+        ``raysisa_errors`` metric and raised."""
+        try:
+            match task:
+                case TrainSlice():
+                    return self._train_slice(task)
+                case ApplyUpdate():
+                    return self._apply_update(task)
+                case Predict():
+                    return self._predict(task)
+                case RewindRetrain():
+                    return self._rewind_retrain(task)
+            raise TypeError(f"not a shard task: {type(task).__name__}")
+        except Exception as exc:
+            telemetry.error("shard", exc)
+            raise
 
     def _run(self, at: RunAt) -> _Run:
         """The run ``at`` names, at the committed version it names (the driver holds the

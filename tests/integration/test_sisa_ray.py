@@ -101,7 +101,6 @@ def test_a_killed_shard_actor_resumes_from_its_last_checkpoint(tmp_path, ray_clu
 
     store = StoreConfig(uri=str(tmp_path / "killed"))
     pool = RayPool(ClusterConfig(cpus_per_shard=0.25, max_concurrent=2, max_restarts=2), num_shards=2)
-    pid_before = ray.get(pool.actor(0).pid.remote())
     outcome = {}
 
     def run():
@@ -114,19 +113,22 @@ def test_a_killed_shard_actor_resumes_from_its_last_checkpoint(tmp_path, ray_clu
     thread.start()
     run_store = RunStore(store)
     deadline = time.time() + 120
-    while time.time() < deadline:  # wait until shard 0 has finished slice 1, then kill it
+    while time.time() < deadline:  # wait until shard 0 has finished slice 1, then kill its actor
         if run_store.exists() and any(r.slice == 1 for r in run_store.checkpoints.list(shard=0)):
             break
         time.sleep(0.02)
     done_before_kill = {r.slice for r in run_store.checkpoints.list(shard=0)}
+    slot = pool.home[0]  # shard 0 continues on the actor that trained slice 1
+    pid_before = ray.get(slot.handle.pid.remote())  # answered while it trains
     os.kill(pid_before, signal.SIGKILL)
     thread.join(timeout=300)
-    pool_pid_after = ray.get(pool.actor(0).pid.remote())
+    pid_after = ray.get(slot.handle.pid.remote())
+    slots = list(pool.slots)
     pool.close()
 
     assert "error" not in outcome, outcome.get("error")
     assert done_before_kill >= {0, 1} and 4 not in done_before_kill, "the kill must land mid-training"
-    assert pool_pid_after != pid_before  # Ray restarted the actor
+    assert pid_after != pid_before and slot in slots and len(slots) == 2  # Ray restarted the actor, not replaced
     # one report per slice; a call retried after the kill reports trained=False only if the
     # dead actor had already written that checkpoint
     assert sorted(s.slice for s in outcome["report"].slices if s.shard == 0) == [0, 1, 2, 3, 4]

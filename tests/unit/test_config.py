@@ -95,3 +95,16 @@ def test_slice_epochs_known_values():
     assert slice_epochs(20, 4) == [8, 8, 8, 8]
     assert slice_epochs(10, 4) == [4, 4, 4, 4]
     assert slice_epochs(5, 3) == [2, 3, 2]
+
+
+def test_shard_actors_reserve_a_fixed_cpu_matching_the_default_threads():
+    """The reservation is a fixed request an autoscaler can satisfy (not the free CPUs spread
+    over the shards), one CPU per shard as torch's default one thread; it is no part of the
+    fingerprint, so changing it never changes a result."""
+    job = parse_config({})
+    assert job.cluster.cpus_per_shard == 1 == job.spec.train.threads and job.cluster.max_concurrent is None
+    assert parse_config({"cluster": {"cpus_per_shard": 4}}).spec.fingerprint() == job.spec.fingerprint()
+    for bad in (0, None):
+        with pytest.raises(ConfigError) as err:
+            parse_config({"cluster": {"cpus_per_shard": bad}})
+        assert "cluster.cpus_per_shard" in str(err.value)

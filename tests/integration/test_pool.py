@@ -1,0 +1,87 @@
+"""The Ray shard pool: a cluster with fewer CPUs than the shards ask for, the actors'
+names, and shard actors' log records in the command's log (text and JSON)."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ray
+from raysisa import ClusterConfig, LocalPool, StoreConfig, train, unlearn
+from raysisa.sisa.actors import RayPool
+from raysisa.telemetry import run_label
+from tests.conftest import TINY
+from tests.sisa_checks import assert_no_residue, model_shas, pick
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.ray
+def test_fewer_cpus_than_shards_ask_for_trains_and_unlearns_exactly(tmp_path, tiny_job, ray_cluster):
+    """3 shards x 2 CPUs on the session's 4-CPU cluster: at most 2 shard actors fit, so the
+    pool must train the shards a few at a time on those (the old one-actor-per-shard pool
+    waited for all three and deadlocked), and the result is still bit-exact."""
+    store, reference = StoreConfig(uri=str(tmp_path / "sisa")), StoreConfig(uri=str(tmp_path / "reference"))
+    pool = RayPool(ClusterConfig(cpus_per_shard=2), num_shards=3)
+    try:
+        train(tiny_job, store, pool=pool)
+        ids = pick(store, [(0, 2, 1), (1, 1, 0), (2, 3, 4)])
+        report = unlearn(store, ids, pool=pool)
+        assert report.first_slice == {0: 2, 1: 1, 2: 3} and report.slices_retrained == 2 + 3 + 1
+        # one actor requested per shard (the demand an autoscaler sees), not all of them placed
+        assert len(pool.slots) == 3 and any(slot.up is not None for slot in pool.slots)
+        names = [n for n in ray.util.list_named_actors() if n.startswith(f"raysisa {run_label(store.uri)} slot ")]
+        assert len(names) == 3, ray.util.list_named_actors()
+        assert set(pool.shard_pids()) == {0, 1, 2}
+    finally:
+        pool.close()
+    train(tiny_job, reference, exclude_ids=ids, pool=LocalPool())
+    assert model_shas(store) == model_shas(reference)
+    assert_no_residue(store, ids)
+
+
+def test_more_torch_threads_than_reserved_cpus_warns(caplog):
+    pool = RayPool(ClusterConfig(cpus_per_shard=1, max_concurrent=3), num_shards=5)
+    with caplog.at_level(logging.WARNING, logger="raysisa.sisa.actors"):
+        assert pool.concurrency(1) == 3 and not caplog.records
+        assert pool.concurrency(4) == 3
+    assert "set cluster.cpus_per_shard=4" in caplog.text
+    assert RayPool(ClusterConfig(), num_shards=5).concurrency(1) == 5  # default: an actor per shard
+    assert ClusterConfig().cpus_per_shard == 1  # a fixed request, not the free CPUs spread over the shards
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    """``raysisa ARGV`` in a new process, on a private local Ray cluster it starts itself."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return subprocess.run(
+        [sys.executable, "-m", "raysisa.cli", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.ray
+def test_shard_actor_logs_reach_the_command_log_as_text_and_json(tmp_path):
+    store = str(tmp_path / "logged")
+    sets = [arg for item in [*TINY, "sharding.num_slices=2", "train.epochs=4"] for arg in ("--set", item)]
+    done = _cli("-v", "--log-format", "json", "train", "--store", store, *sets, "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]  # every line is one JSON object
+    shard_lines = [line for line in lines if line.get("logger") == "raysisa.sisa.shard"]
+    assert shard_lines, done.stderr[-3000:]
+    for line in shard_lines:  # emitted in a shard actor, with the CLI's keys, the run and the shard
+        assert line["level"] == "INFO" and line["run"] == store and "trained" in line["message"]
+        assert line["message"].startswith(f"shard {line['shard']} slice ")
+        assert line["actor_name"].startswith(f"raysisa {store} slot ") and line["task_name"].startswith(f"{store} shard ")
+        assert line["task_func_name"].endswith("ShardSlot.run") and line["job_id"]
+
+    store = str(tmp_path / "text")
+    done = _cli("-v", "train", "--store", store, *sets, "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    # text: Ray's prefix names the actor (its repr), the record names the run and the shard
+    assert f"(ShardSlot(run={store}, slot=" in done.stderr, done.stderr[-3000:]
+    assert f"raysisa.sisa.shard [run={store} shard=0]: shard 0 slice 1 trained" in done.stderr, done.stderr[-3000:]
+    assert "\x1b[" not in done.stderr  # no colour codes in a log that is not a terminal
