@@ -325,8 +325,9 @@ from raysisa.sisa.actors import RayPool
 imported = time.perf_counter()
 ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
 initialised = time.perf_counter()
-pool = RayPool(ClusterConfig(), 4)
-pool.start(range(4))
+pool = RayPool(ClusterConfig(cpus_per_shard=0.5), 4, label="bench")  # all four fit on 2 CPUs
+pool.start(range(4))  # requests the slot actors and returns; wait until every one is up
+ray.get([slot.up for slot in pool.slots])
 up = time.perf_counter()
 pool.close()
 ray.shutdown()
