@@ -159,12 +159,22 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _job(args: argparse.Namespace, overrides: list[str]):
+    """The run config, with ``--endpoint-url`` also applied to an ``s3://`` ``data.uri`` that
+    names no endpoint of its own (one S3-compatible server for data and store)."""
+    job = load_config(args.config, overrides)
+    data = job.data
+    if args.endpoint_url and (data.uri or "").startswith(("s3://", "s3a://")) and "endpoint_url" not in data.storage_options:
+        job = load_config(args.config, [*overrides, f"data.storage_options.endpoint_url={args.endpoint_url}"])
+    return job
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     store = _store(args)
     exclude = read_ids_file(args.exclude_ids_file) if args.exclude_ids_file else None
     overrides = _overrides(args)
     resume = args.config is None and not overrides and RunStore(store).initialised()
-    job = None if resume else load_config(args.config, overrides)
+    job = None if resume else _job(args, overrides)
     cluster = _cluster(args, job.cluster if job else None)
     report = api.train(
         job, store, exclude_ids=exclude, cluster=cluster, pool=_pool(args), progress=not args.quiet, verify=args.verify
@@ -231,7 +241,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    job = load_config(args.config, _overrides(args))
+    job = _job(args, _overrides(args))
     methods = _split_ids(args.methods) if args.methods else None
     seeds = _int_list(args.seeds, "--seeds") if args.seeds is not None else None
     report = api.compare(

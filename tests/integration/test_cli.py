@@ -132,6 +132,18 @@ def test_shard_resources_from_the_command_line(tmp_path, capsys):
         assert "unrecognized arguments" in capsys.readouterr().err
 
 
+def test_endpoint_url_also_serves_s3_data_without_an_endpoint_of_its_own():
+    from raysisa.cli import _job
+
+    config = str(Path(__file__).resolve().parents[2] / "cluster/configs/cifar10-parquet.yaml")
+    argv = ["train", "--store", "s3://b/run", "--config", config, "--endpoint-url", "http://127.0.0.1:9000"]
+    assert _job(build_parser().parse_args(argv), []).data.storage_options == {"endpoint_url": "http://127.0.0.1:9000"}
+    own = ["data.storage_options.endpoint_url=http://10.0.0.1:9000"]
+    assert _job(build_parser().parse_args(argv), own).data.storage_options == {"endpoint_url": "http://10.0.0.1:9000"}
+    assert _job(build_parser().parse_args(argv), ["data.uri=/local/cifar"]).data.storage_options == {}
+    assert _job(build_parser().parse_args(argv[:-2]), []).data.storage_options == {}
+
+
 def test_a_relative_store_is_refused_inside_a_ray_job(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray sets for a job's entrypoint
