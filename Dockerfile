@@ -1,16 +1,16 @@
 # syntax=docker/dockerfile:1
 # raysisa on the official Ray image of the Ray version that pyproject.toml pins
-# (ray[default,train,tune]==2.58.0) and of its Python (requires-python 3.11): Ray and Python
+# (ray[default,train,tune]==2.60.0) and of its Python (requires-python 3.11): Ray and Python
 # must match on every node of a cluster, and the KubeRay manifests in k8s/ run this image.
 #
-#   docker build -t raysisa:0.1.0 .                                   # rayproject/ray:2.58.0-py311
-#   docker build --build-arg RAY_VARIANT=-gpu -t raysisa:0.1.0-gpu .  # rayproject/ray:2.58.0-py311-gpu
+#   docker build -t raysisa:0.1.0 .                                   # rayproject/ray:2.60.0-py311
+#   docker build --build-arg RAY_VARIANT=-gpu -t raysisa:0.1.0-gpu .  # rayproject/ray:2.60.0-py311-gpu
 #   docker run --rm raysisa:0.1.0 raysisa --help
 #
 # The plain image runs on GPU nodes too (the pinned torch wheel brings its own CUDA runtime);
 # the -gpu variant adds the CUDA toolkit of Ray's GPU images. Keep RAY_VERSION equal to the
 # pin: the build fails if pip would have to change Ray (tests/unit/test_k8s_manifests.py checks it).
-ARG RAY_VERSION=2.58.0
+ARG RAY_VERSION=2.60.0
 ARG RAY_VARIANT=
 FROM rayproject/ray:${RAY_VERSION}-py311${RAY_VARIANT}
 

@@ -7,6 +7,7 @@ inherit it: dummy credentials and no EC2 metadata probing (never leave loopback)
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import tempfile
 import uuid
@@ -14,7 +15,11 @@ import uuid
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray token authentication on, as Ray 2.60 has it by default for a new local cluster, with a
+# token of the session's own: from the environment, so Ray writes no ~/.ray/auth_token
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+if os.environ["RAY_AUTH_MODE"] == "token" and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")  # actors export metrics every second, not 10
 os.environ["AWS_ACCESS_KEY_ID"] = "testing"
 os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"

@@ -601,8 +601,8 @@ def test_dockerfile_builds_on_the_official_ray_image_of_the_pinned_ray_and_pytho
     assert dockerfile_problems(text) == []
     assert dockerfile_base(text) == f"rayproject/ray:{_ray_pin()}-py311"
     assert dockerfile_base(text, {"RAY_VARIANT": "-gpu"}) == f"rayproject/ray:{_ray_pin()}-py311-gpu"
-    pinned = text.replace(f"ARG RAY_VERSION={_ray_pin()}", "ARG RAY_VERSION=2.60.0")
-    assert dockerfile_problems(pinned) == [f"FROM has Ray 2.60.0, pyproject.toml pins {_ray_pin()}"]
+    pinned = text.replace(f"ARG RAY_VERSION={_ray_pin()}", "ARG RAY_VERSION=2.58.0")
+    assert dockerfile_problems(pinned) == [f"FROM has Ray 2.58.0, pyproject.toml pins {_ray_pin()}"]
     assert dockerfile_problems(text.replace("-py311", "-py312")) == ['FROM has Python 3.12, pyproject.toml requires >=3.11,<3.12']
 
 
