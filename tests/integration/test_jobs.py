@@ -45,7 +45,7 @@ class Head:
     env: dict[str, str]  # a client's environment: token auth on, the token, no RAY_ADDRESS
 
     def ray(self, *args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
-        """``ray ARGS`` (job subcommands get ``--address``) with the token, or with ``env``."""
+        """The ``ray`` CLI with ``ARGS``, in the client environment with the token (or ``env``)."""
         return subprocess.run(
             [RAY, *args], env=env or self.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False
         )
