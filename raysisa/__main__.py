@@ -1,7 +1,5 @@
 """``python -m raysisa``: the CLI (also the entry point for ``ray job submit``)."""
 
-import sys
+from raysisa.cli import entry
 
-from raysisa.cli import main
-
-sys.exit(main())
+entry()
