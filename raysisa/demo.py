@@ -32,7 +32,6 @@ def _join(root: str, name: str) -> str:
 def run_demo(
     store: str | None = None,
     endpoint_url: str | None = None,
-    address: str | None = None,
     progress: bool = True,
     *,
     cluster: ClusterConfig | None = None,
@@ -51,7 +50,7 @@ def run_demo(
         if SisaRun(candidate).store.exists():
             raise ConfigError(f"demo store {candidate.uri} already holds a run; give an empty --store")
 
-    cluster = cluster or ClusterConfig(address=address)
+    cluster = cluster or ClusterConfig()
     started = time.perf_counter()
     with ray_session(cluster):
         ray_ready = time.perf_counter() - started

@@ -481,7 +481,11 @@ def connect(address: str, timeout: float = 30.0) -> None:
     try:
         _init(address=address)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        raise ClusterUnavailableError(f"cannot connect to the Ray cluster at {address}: {exc}") from None
+        hint = ""
+        if os.environ.get("RAY_AUTH_MODE") != "token" or not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+            hint = (" (a cluster with token authentication, Ray's default for new clusters from 2.60, needs "
+                    "RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
+        raise ClusterUnavailableError(f"cannot connect to the Ray cluster at {address}: {exc}{hint}") from None
 
 
 @contextlib.contextmanager
