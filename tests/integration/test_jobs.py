@@ -218,11 +218,9 @@ def test_train_forget_evaluate_as_jobs(head, tmp_path, capsys):
     assert jobs["evaluate-1"]["status"] == "SUCCEEDED"
     assert _json_document(head.logs("evaluate-1"))["accuracy"] == evaluate(store).accuracy  # the job read what this process reads
 
-    # the bad request fails with raysisa's message; nothing changed. raysisa exits with status 2
-    # here; not asserted: now and then the process aborts at interpreter exit after printing the
-    # error (status 134, "terminate called without an active exception": an Arrow thread pool
-    # thread caught taking the GIL; seen outside Ray jobs and on Ray 2.58 too)
-    assert jobs["forget-bad"]["status"] == "FAILED" and "exit code" in jobs["forget-bad"]["message"]
+    # the bad request fails with raysisa's message and status 2; nothing changed (the status was
+    # 134 now and then, an abort at interpreter exit, before raysisa.cli.entry ended the process itself)
+    assert jobs["forget-bad"]["status"] == "FAILED" and "exit code 2" in jobs["forget-bad"]["message"], jobs["forget-bad"]
     assert f"error: 1 id(s) never existed in this run's training data, e.g. {ids_bad}; nothing was changed" in head.logs("forget-bad")
 
     # Ray marks a job's entrypoint (RAY_JOB_CONFIG_JSON_ENV_VAR), so a relative store is refused
