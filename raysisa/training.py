@@ -24,13 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysisa.config import TrainConfig
-from raysisa.data.tensors import random_crop_flip
+from raysisa.data.tensors import Augment, Images, random_crop_flip
 
 __all__ = [
     "EpochStats",
     "TrainHook",
     "LossFn",
     "cross_entropy_loss",
+    "shard_loss",
     "derive_seed",
     "configure_torch",
     "build_optimizer",
@@ -49,6 +50,17 @@ LossFn = Callable[..., torch.Tensor]
 def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of ``model(x)`` against ``y``: plain supervised training."""
     return F.cross_entropy(model(x), y)
+
+
+def shard_loss(label_smoothing: float = 0.0) -> LossFn:
+    """The loss shards train with: cross-entropy, with ``label_smoothing`` if given."""
+    if not label_smoothing:
+        return cross_entropy_loss
+
+    def smoothed(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+
+    return smoothed
 
 
 class TrainHook(Protocol):
@@ -95,13 +107,21 @@ def configure_torch(threads: int, deterministic: bool = True) -> None:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    """SGD over the parameters that train (a frozen BatchNorm weight, say, is left out)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.nesterov)
 
 
-def lr_at(config: TrainConfig, epoch: int, total_epochs: int) -> float:
-    """Learning rate of global epoch ``epoch`` (0-based) of a ``total_epochs`` budget."""
+def lr_at(config: TrainConfig, epoch: float, total_epochs: int) -> float:
+    """Learning rate at global epoch ``epoch`` (0-based; fractional within an epoch for
+    the per-step ``linear`` schedule) of a ``total_epochs`` budget."""
     if config.lr_schedule == "cosine":
         return config.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(total_epochs, 1)))
+    if config.lr_schedule == "linear":
+        progress = epoch / max(total_epochs, 1)
+        if progress < config.warmup:
+            return config.lr * progress / config.warmup
+        return config.lr * max(0.0, 1.0 - progress) / (1.0 - config.warmup)
     return config.lr
 
 
@@ -127,37 +147,69 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
+    x: torch.Tensor | Images,
     y: torch.Tensor,
     *,
     batch_size: int,
     seed: int,
-    augment: bool = False,
+    augment: bool | Augment = False,
     loss_fn: LossFn = cross_entropy_loss,
     hooks: Sequence[TrainHook] = (),
     device: torch.device | str = "cpu",
     extra: Sequence[torch.Tensor] = (),
+    lr: Callable[[float], float] | None = None,
+    channels_last: bool = False,
+    autocast: torch.dtype | None = None,
 ) -> EpochStats:
     """One shuffled pass over (x, y) in mini-batches, one optimiser step per batch.
 
     Every sample is used once per epoch; see :func:`batch_bounds` for how a small
     remainder is folded into the last batch. ``extra`` tensors (e.g. per-sample weights)
     are batched alongside (x, y) and passed to ``loss_fn`` after them.
+
+    Args:
+        x: normalised float images (N, C, H, W), or uint8 :class:`Images` (the shards'
+            path: moved to ``device`` once, each batch made there).
+        augment: ``True`` for the standard crop-and-flip, or an :class:`Augment`.
+        lr: the learning rate at each step, as a function of the epoch's progress in
+            [0, 1) (``None``: leave the optimiser's as it is).
+        channels_last: feed batches in channels-last memory format (the model should be
+            converted too).
+        autocast: run forward and loss under ``torch.autocast`` in this dtype (e.g.
+            ``torch.bfloat16`` on CUDA); ``None``: full precision.
     """
     model.train()
     torch.manual_seed(seed)  # dropout and any other use of the global RNG
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=generator)
+    augment = Augment() if augment is True else (augment or None)
+    if isinstance(x, Images):
+        x = x.to(device)  # uint8: a quarter of the float copy's size, on the device once
+    device_type = torch.device(device).type
     stats = EpochStats()
-    for start, stop in batch_bounds(len(order), batch_size):
+    bounds = batch_bounds(len(order), batch_size)
+    for step, (start, stop) in enumerate(bounds):
         idx = order[start:stop]
-        xb, yb = x[idx], y[idx]
-        if augment:
-            xb = random_crop_flip(xb, generator)
-        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        if isinstance(x, Images):
+            xb = x.batch(idx, generator, augment, channels_last)
+        else:
+            xb = x[idx]
+            if augment is not None:
+                xb = random_crop_flip(xb, generator, augment.crop_padding)
+            xb = xb.to(device, non_blocking=True)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+        yb = y[idx].to(device, non_blocking=True)
         extra_b = [t[idx].to(device, non_blocking=True) for t in extra]
+        if lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr(step / len(bounds))
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model, xb, yb, *extra_b)
+        if autocast is None:
+            loss = loss_fn(model, xb, yb, *extra_b)
+        else:
+            with torch.autocast(device_type, dtype=autocast):
+                loss = loss_fn(model, xb, yb, *extra_b)
         loss.backward()
         for hook in hooks:
             if hasattr(hook, "after_backward"):
@@ -173,10 +225,32 @@ def train_epoch(
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, *, batch_size: int = 512, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Softmax probabilities (N, C) of ``model`` in eval mode, on CPU."""
+def predict_proba(
+    model: nn.Module,
+    x: torch.Tensor | Images,
+    *,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+    flip_tta: bool = False,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Softmax probabilities (N, C) of ``model`` in eval mode, on CPU.
+
+    With ``flip_tta`` the logits of each image and of its mirror image are averaged
+    (test-time augmentation by horizontal flip).
+    """
     model.eval()
-    out = [F.softmax(model(x[i : i + batch_size].to(device)), dim=1).cpu() for i in range(0, len(x), batch_size)]
+    if isinstance(x, Images):
+        x = x.to(device)
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x.batch(slice(i, i + batch_size), channels_last=channels_last) if isinstance(x, Images) else x[i : i + batch_size].to(device)
+        if channels_last and not isinstance(x, Images):
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        logits = model(xb)
+        if flip_tta:
+            logits = (logits + model(xb.flip(3))) / 2
+        out.append(F.softmax(logits.float(), dim=1).cpu())
     if not out:
         return torch.zeros((0, 0))
     return torch.cat(out)
@@ -190,7 +264,7 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
     for index, entry in state["state"].items():
         for name, value in entry.items():
             if torch.is_tensor(value):
-                tensors[f"optim/{index}/{name}"] = value
+                tensors[f"optim/{index}/{name}"] = value.contiguous()  # channels-last buffers too
             else:
                 scalars[f"{index}/{name}"] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}

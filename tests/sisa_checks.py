@@ -7,6 +7,8 @@ import io
 import numpy as np
 import pyarrow.parquet as pq
 
+from raysisa.data.pixels import Pixels
+
 from raysisa.config import StoreConfig
 from raysisa.sisa.run import SisaRun
 from raysisa.store import ObjectStore, RunStore
@@ -42,8 +44,8 @@ def checkpoint_bytes(store: StoreConfig, shard: int) -> dict[str, bytes]:
 def assert_no_residue(store: StoreConfig, deleted: list[int]) -> None:
     """Nothing on the store holds a deleted sample or a model trained on one.
 
-    Every Parquet object (current or not, data or index; only the tombstones list deleted
-    ids, by design) is free of the ids; the data and index objects are exactly those of the
+    Every Parquet and pixels object (current or not, data or index; only the tombstones
+    list deleted ids, by design) is free of the ids; the data and index objects are exactly those of the
     latest commit (no old versions); no checkpoint's lineage and no approximate overlay
     includes an id; no journal, temporary file or orphan is left; the index no longer
     lists them and the tombstones do.
@@ -57,6 +59,9 @@ def assert_no_residue(store: StoreConfig, deleted: list[int]) -> None:
             table = pq.read_table(io.BytesIO(run.objects.get_bytes(key)))
             if "id" in table.column_names:
                 assert not deleted_set & set(table["id"].to_pylist()), f"{key} still holds deleted ids"
+        if key.endswith(".pixels.safetensors"):  # decoded images: their ids say whose pixels they are
+            pixels = Pixels.from_bytes(run.objects.get_bytes(key), key)
+            assert not deleted_set & set(pixels.ids.tolist()), f"{key} still holds deleted samples' pixels"
     current = state.referenced()
     stored = {k for k in keys if k.startswith(("data/", "index/"))}
     assert stored == current, f"objects of old versions remain: {sorted(stored - current)}"

@@ -140,8 +140,9 @@ class ModelConfig(ConfigModel):
     """Which network each shard trains.
 
     Args:
-        name: a registered model (``small_cnn``, ``resnet18``, ``mobilenet_v2``).
-        width: base channel width of ``small_cnn`` (ignored by the torchvision models).
+        name: a registered model (``small_cnn``, ``airbench``, ``resnet18``, ``mobilenet_v2``).
+        width: base channel width of ``small_cnn``, first group width of ``airbench`` (64
+            is the paper's airbench94); ignored by the torchvision models.
         quant: train with quantization (QAT) at these bit widths (``None``: full precision).
     """
 
@@ -167,8 +168,22 @@ class TrainConfig(ConfigModel):
         lr: learning rate of SGD.
         momentum: SGD momentum (its buffers are checkpointed with every slice).
         weight_decay: L2 weight decay.
-        lr_schedule: ``constant``, or ``cosine`` over the shard's whole epoch budget.
-        augment: random crop (4 px padding) and horizontal flip, seeded per epoch.
+        lr_schedule: ``constant``; ``cosine`` over the shard's whole epoch budget (set
+            once per epoch); or ``linear``: set every step, rising linearly from 0 over the
+            first ``warmup`` of the budget to ``lr``, then falling linearly to 0 at its end
+            (airbench's triangular schedule).
+        warmup: share of the epoch budget the ``linear`` schedule warms up over.
+        nesterov: Nesterov momentum.
+        label_smoothing: cross-entropy label smoothing of the shard training loss.
+        augment: random crop (4 px zero padding) and horizontal flip, seeded per epoch.
+        cutout: with ``augment``, also zero a random square of this side (0: none).
+        test_flip: predictions average the logits of each image and of its mirror image.
+        precision: ``bf16`` runs forward and loss under bfloat16 autocast (on CUDA: faster;
+            on CPU it is slower and off by default); ``fp32``: full precision.
+        channels_last: train in channels-last memory format (helps convolutions on recent
+            GPUs and with oneDNN on some CPUs; measured in BENCHMARKS.md).
+        compile: ``torch.compile`` the shard model (pays on GPUs for long runs; its first
+            step compiles for tens of seconds).
         seed: seed of the initial weights and of every epoch's shuffle.
         threads: torch CPU threads per shard. Part of the fingerprint, since the thread
             count can change floating-point summation order.
@@ -179,10 +194,39 @@ class TrainConfig(ConfigModel):
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup: float = Field(0.0, ge=0, lt=1)
+    nesterov: bool = False
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
     augment: bool = False
+    cutout: int = Field(0, ge=0)
+    test_flip: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
+    channels_last: bool = False
+    compile: bool = False
     seed: int = 0
     threads: int = Field(1, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        if self.cutout and not self.augment:
+            raise ValueError("cutout is part of the augmentation: set augment: true as well")
+        return self
+
+    def identity(self) -> dict[str, Any]:
+        """The fields as the fingerprint sees them: options added after the first runs
+        count only when set, so runs created before they existed keep their fingerprint."""
+        data = self.to_dict()
+        return {k: v for k, v in data.items() if k not in _LATER_TRAIN_OPTIONS or v != _LATER_TRAIN_OPTIONS[k]}
+
+
+# TrainConfig options added after runs existed, with their defaults (see TrainConfig.identity)
+_LATER_TRAIN_OPTIONS: dict[str, Any] = {
+    "warmup": 0.0, "nesterov": False, "label_smoothing": 0.0, "cutout": 0, "test_flip": False,
+    "precision": "fp32", "channels_last": False, "compile": False,
+}
 
 
 def slice_epochs(epochs: int, num_slices: int) -> list[int]:
@@ -221,6 +265,6 @@ class RunSpec(ConfigModel):
             "data": self.data.identity(),
             "sharding": self.sharding.to_dict(),
             "model": self.model.to_dict(),
-            "train": self.train.to_dict(),
+            "train": self.train.identity(),
         }
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()

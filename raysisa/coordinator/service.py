@@ -57,7 +57,7 @@ from raysisa.coordinator.policy import ApplyMethod, Defer, RetrainFromSlice, deb
 from raysisa.coordinator.records import OverlayMeta, Receipt, ShardReceipt, Transition
 from raysisa.crashpoints import crash_point
 from raysisa.data.samples import take_ids
-from raysisa.data.tensors import to_tensors
+from raysisa.data.tensors import Images
 from raysisa.errors import StaleStateError, StoreBusyError
 from raysisa.evaluation.metrics import accuracy
 from raysisa.methods import get_method
@@ -545,8 +545,8 @@ class Coordinator:
 
     def _test_split(self) -> tuple[torch.Tensor, np.ndarray]:
         if self._test is None:
-            x, y = to_tensors(self.store.read_test(), self.store.info)
-            self._test = (x, y.numpy())
+            pixels = self.store.read_test_pixels()
+            self._test = (Images.of(pixels.images, self.store.info).normalized(), pixels.labels)
         return self._test
 
     def summary(self) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from raysisa import telemetry
 from raysisa.config import RunSpec, StoreConfig
 from raysisa.data.samples import take_ids
 from raysisa.data.sources import load_source
-from raysisa.data.tensors import to_tensors
+from raysisa.data.tensors import Images
 from raysisa.errors import (
     CheckpointCorruptError,
     ConfigError,
@@ -455,8 +455,11 @@ class SisaRun:
             handles = [pool.submit(shard, Predict(self.at(), ref, x)) for shard, ref in served.items()]
             return np.stack([pool.result(h).numpy() for h in handles])
         if x is None:
-            x, _ = to_tensors(self.store.read_test(), self.store.info)
-        return np.stack([predict_proba(load_model(self.store, ref), x).numpy() for ref in served.values()])
+            x = Images.of(self.store.read_test_pixels().images, self.store.info)
+        train = self.store.spec.train
+        return np.stack(
+            [predict_proba(load_model(self.store, ref), x, flip_tta=train.test_flip, channels_last=train.channels_last).numpy() for ref in served.values()]
+        )
 
     def evaluate(self, aggregation: str = "vote", weights: list[float] | None = None, pool: ShardPool | None = None) -> EvalReport:
         """Ensemble and per-shard accuracy on the test split.

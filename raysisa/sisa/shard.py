@@ -29,12 +29,11 @@ from raysisa import telemetry
 from raysisa.config import RunSpec, StoreConfig, slice_epochs
 from raysisa.crashpoints import crash_point
 from raysisa.data.samples import DatasetInfo
-from raysisa.data.tensors import to_tensors
+from raysisa.data.tensors import Augment, Images
 from raysisa.errors import ConfigError, StoreError
 from raysisa.models import build_model
 from raysisa.store import Checkpoint, CheckpointRef, RunStore, slice_keys, tensors_sha256
 from raysisa.sisa.tasks import ApplyUpdate, Predict, RewindRetrain, RunAt, ShardTask, SliceReport, TrainSlice, UpdateResult
-from raysisa.store.run import parquet_table
 from raysisa.training import (
     EpochStats,
     build_optimizer,
@@ -44,6 +43,7 @@ from raysisa.training import (
     lr_at,
     optimizer_tensors,
     predict_proba,
+    shard_loss,
     train_epoch,
 )
 
@@ -75,7 +75,8 @@ def load_model(run: RunStore, ref: CheckpointRef, device: str = "cpu") -> nn.Mod
     checkpoint = (run.overlays if ref.prefix == run.overlays.prefix else run.checkpoints).get(ref)
     model = build_model(run.info, run.spec.model)
     model.load_state_dict(model_tensors(checkpoint.tensors), strict=True)
-    return model.to(device)
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if run.spec.train.channels_last else model
 
 
 class _Run:
@@ -91,10 +92,10 @@ class _Run:
 
 @dataclass(frozen=True)
 class _Part:
-    """One decoded partition: ids in training order, normalised images, labels."""
+    """One partition's rows: ids in training order, uint8 images, labels."""
 
     ids: np.ndarray
-    x: torch.Tensor
+    x: Images
     y: torch.Tensor
 
 
@@ -102,9 +103,10 @@ class ShardWorker:
     """Runs the tasks of :mod:`raysisa.sisa.tasks` for shard ``shard`` of whichever run a
     task names (:meth:`run`).
 
-    A worker keeps the partitions it decoded, keyed by their sha256 in the commit, so a
-    long-lived worker (a Ray actor) reads from the store only the partitions a deletion
-    rewrote since its last task.
+    A worker keeps the partitions it loaded (uint8 pixels, see :mod:`raysisa.data.pixels`),
+    keyed by their sha256 in the commit, so a long-lived worker (a Ray actor) reads from the
+    store only the partitions a deletion rewrote since its last task, and never decodes an
+    image unless a pixels object is missing.
 
     Args:
         shard: the shard index this worker owns.
@@ -116,8 +118,8 @@ class ShardWorker:
         self.shard = shard
         self.device = device
         self._runs: dict[str, _Run] = {}
-        self._parts: dict[str, _Part] = {}  # partition sha256 -> decoded partition
-        self._test: dict[str, torch.Tensor] = {}  # test split sha256 -> x
+        self._parts: dict[str, _Part] = {}  # partition sha256 -> its rows
+        self._test: dict[str, Images] = {}  # test split sha256 -> its images
         self._written: Checkpoint | None = None  # the last checkpoint this worker wrote
         if warm:
             # torch's optimiser imports its compiler (torch._dynamo, ~2 s) on its first step:
@@ -165,18 +167,18 @@ class ShardWorker:
         return run
 
     def _slices(self, run: _Run) -> tuple[list[_Part], list[CheckpointRef]]:
-        """(decoded partitions of slices 1..R, checkpoint refs 0..R) of this shard.
+        """(partitions of slices 1..R, checkpoint refs 0..R) of this shard.
 
-        Partitions are read (sha256-verified) only when not decoded already. The refs are
+        Partitions are read (their pixels objects, sha256-verified) only when not held
+        already. The refs are
         computed from the partitions' ids and must equal the committed state's: a mismatch
         means the store was modified outside raysisa, and nothing is trained on it."""
         state = run.store.state()
         digests = [state.partitions[(self.shard, r)].sha256 for r in range(1, run.spec.sharding.num_slices + 1)]
         for r, digest in enumerate(digests, start=1):
             if digest not in self._parts:
-                table = parquet_table(run.store.read_partition_bytes(self.shard, r), f"shard {self.shard} slice {r}")
-                x, y = to_tensors(table, run.info)
-                self._parts[digest] = _Part(table["id"].to_numpy(), x, y)
+                pixels = run.store.read_pixels(self.shard, r)
+                self._parts[digest] = _Part(pixels.ids, Images.of(pixels.images, run.info), torch.from_numpy(pixels.labels))
         # keep this run's current partitions only (a deletion's rewrite replaces one)
         self._parts = {d: self._parts[d] for d in digests}
         parts = [self._parts[d] for d in digests]
@@ -217,14 +219,12 @@ class ShardWorker:
             previous = self._written  # slices r-1 and r retrain back to back: no read
         else:
             previous = run.store.checkpoints.get(refs[r - 1])  # verified; raises if corrupt
-        model = build_model(run.info, spec.model)
-        model.load_state_dict(model_tensors(previous.tensors), strict=True)
-        model.to(self.device)
+        model = self._model(run, model_tensors(previous.tensors))
         optimizer = build_optimizer(model, spec.train)
         if "optimizer" in previous.manifest:
             load_optimizer_tensors(optimizer, previous.tensors, previous.manifest["optimizer"])
 
-        x = torch.cat([p.x for p in parts[:r]])
+        x = Images.cat([p.x for p in parts[:r]])
         y = torch.cat([p.y for p in parts[:r]])
         plan = slice_epochs(spec.train.epochs, spec.sharding.num_slices)
         offset = sum(plan[: r - 1])
@@ -236,7 +236,7 @@ class ShardWorker:
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
 
         opt_tensors, opt_meta = optimizer_tensors(optimizer)
-        tensors = {**{f"model/{k}": v for k, v in model.state_dict().items()}, **opt_tensors}
+        tensors = {**{f"model/{k}": v.contiguous() for k, v in model.state_dict().items()}, **opt_tensors}
         extra = {
             "optimizer": opt_meta,
             "epochs": plan[r - 1],
@@ -255,8 +255,18 @@ class ShardWorker:
             self.shard, r, refs[r].key, True, plan[r - 1], len(x), plan[r - 1] * len(x), seconds, loss_sum / max(seen, 1)
         )
 
+    def _model(self, run: _Run, state: dict[str, torch.Tensor]) -> nn.Module:
+        """The run's model with ``state`` loaded, on this worker's device, in the recipe's
+        memory format (and compiled if the recipe says so)."""
+        model = build_model(run.info, run.spec.model)
+        model.load_state_dict(state, strict=True)
+        model.to(self.device)
+        if run.spec.train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
     def _epoch(
-        self, run: _Run, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+        self, run: _Run, model: nn.Module, optimizer: torch.optim.Optimizer, x: Images, y: torch.Tensor,
         r: int, epoch: int, position: int, hooks: tuple = (),
     ) -> EpochStats:
         """Epoch ``epoch`` of slice ``r`` of the run's recipe, at LR-schedule position
@@ -264,16 +274,21 @@ class ShardWorker:
         train = run.spec.train
         for group in optimizer.param_groups:
             group["lr"] = lr_at(train, position, train.epochs)
+        step_lr = (lambda progress: lr_at(train, position + progress, train.epochs)) if train.lr_schedule == "linear" else None
         return train_epoch(
-            model,
+            _compiled(model) if train.compile else model,
             optimizer,
             x,
             y,
             batch_size=train.batch_size,
             seed=derive_seed(train.seed, self.shard, r, epoch),
-            augment=train.augment,
+            augment=Augment(cutout=train.cutout) if train.augment else False,
+            loss_fn=shard_loss(train.label_smoothing),
             hooks=hooks,
             device=self.device,
+            lr=step_lr,
+            channels_last=train.channels_last,
+            autocast=torch.bfloat16 if train.precision == "bf16" else None,
         )
 
     def _manifest(self, run: _Run, ref: CheckpointRef, lineage: list, tensors: dict, extra: dict) -> dict[str, Any]:
@@ -320,7 +335,7 @@ class ShardWorker:
             run.info,
             run.spec.model,
             task.seed,
-            x=torch.cat([p.x for p in parts]),
+            x=Images.cat([p.x for p in parts]).normalized(),  # the methods work on float tensors
             y=torch.cat([p.y for p in parts]),
             ids=np.concatenate([p.ids for p in parts]),
             forget_ids=np.asarray(task.forget_ids, dtype=np.int64),
@@ -343,9 +358,7 @@ class ShardWorker:
             raise ConfigError(f"rewind epoch {task.rewind_epoch} is not before the end of the run's {run.spec.train.epochs} epochs")
         parts, refs = self._slices(run)
         x, y = parts[0].x, parts[0].y
-        model = build_model(run.info, run.spec.model)
-        model.load_state_dict(model_tensors(run.store.checkpoints.get(refs[0]).tensors), strict=True)
-        model.to(self.device)
+        model = self._model(run, model_tensors(run.store.checkpoints.get(refs[0]).tensors))
         optimizer = build_optimizer(model, run.spec.train)  # slice 1 starts with a fresh one, as here
         for epoch in range(task.rewind_epoch):  # the shard's own first epochs, replayed exactly
             self._epoch(run, model, optimizer, x, y, 1, epoch, epoch)
@@ -368,7 +381,17 @@ class ShardWorker:
         if x is None:
             digest = run.store.state().test.sha256
             if digest not in self._test:
-                self._test = {digest: to_tensors(run.store.read_test(), run.info)[0]}
+                self._test = {digest: Images.of(run.store.read_test_pixels().images, run.info)}
             x = self._test[digest]
         model = load_model(run.store, ref, self.device)
-        return predict_proba(model, x, device=self.device)
+        train = run.spec.train
+        return predict_proba(model, x, device=self.device, flip_tta=train.test_flip, channels_last=train.channels_last)
+
+
+def _compiled(model: nn.Module) -> nn.Module:
+    """``torch.compile`` of ``model``, made once per model object (the recipe's ``compile``)."""
+    compiled = getattr(model, "_raysisa_compiled", None)
+    if compiled is None:
+        compiled = torch.compile(model)
+        object.__setattr__(model, "_raysisa_compiled", compiled)
+    return compiled

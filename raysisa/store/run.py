@@ -7,7 +7,8 @@
     _log/journal/<version>.json                     the intent of the transaction that will commit <version>
     _log/lease/<token>.json                         the writer lease (see raysisa.store.lease)
     data/train/shard=<k>/slice=<r>/part-<v>.parquet the samples of one slice (id, label, image), as of version v
-    data/test/part-<v>.parquet                      the test split
+    data/train/shard=<k>/slice=<r>/part-<v>.pixels.safetensors   the same rows decoded (raysisa.data.pixels)
+    data/test/part-<v>.parquet                      the test split (and part-<v>.pixels.safetensors, decoded)
     index/assignment-<v>.parquet                    id -> (shard, slice) of every live sample, in training order
     index/tombstones-<v>.parquet                    ids deleted (or excluded), never their contents
     checkpoints/...                                 see raysisa.store.checkpoints
@@ -34,6 +35,14 @@ exists, the sweep is finished; otherwise the change is redone from the journal (
 ids deleted from the same committed state, or the same recipe ingested) and committed.
 A deletion that reached its journal is therefore never lost, and a partial one is never
 visible.
+
+**Decoded pixels.** Every partition and the test split have a pixels object beside them
+(:class:`~raysisa.data.pixels.Pixels`), written in the same transaction and named by the
+same commit, so shards train from uint8 tensors and never decode images. A deletion derives
+the new partition's pixels from the old ones by the same row mask, and its sweep deletes the
+old pixels with the old partition (they hold the deleted samples too). A pixels object that
+is missing, corrupt or not decoded from the partition the commit names is not used: readers
+decode the Parquet instead, and the listing sweep writes a missing one again.
 """
 
 from __future__ import annotations
@@ -56,8 +65,9 @@ import pyarrow.parquet as pq
 from raysisa import telemetry
 from raysisa.config import RunSpec, StoreConfig
 from raysisa.crashpoints import crash_point
+from raysisa.data.pixels import Pixels
 from raysisa.data.samples import SAMPLE_SCHEMA, DatasetInfo, SourceData, drop_ids, take_ids
-from raysisa.errors import ConfigError, ConflictError, InvalidIdsError, StoreError, StoreNotFoundError
+from raysisa.errors import ConfigError, ConflictError, DataError, InvalidIdsError, StoreError, StoreNotFoundError
 from raysisa.store.checkpoints import CheckpointRef, CheckpointStore
 from raysisa.store.keys import slice_keys
 from raysisa.store.lease import LEASE_PREFIX, Lease
@@ -135,6 +145,7 @@ class DeletePlan:
     tables: dict[tuple[int, int], pa.Table]  # the affected partitions as committed (verified)
     tombstones: pa.Table  # the committed tombstones (verified)
     parent: int  # the state version it was planned against
+    pixels: dict[tuple[int, int], Pixels | None] = field(default_factory=dict)  # their decoded rows, if stored
 
 
 @dataclass
@@ -143,6 +154,7 @@ class SweepReport:
     checkpoints: int = 0
     leftovers: int = 0
     finished: list[str] = field(default_factory=list)  # interrupted transactions completed
+    pixels_rebuilt: int = 0  # pixels objects the state names that were missing and were written again
 
 
 class RunStore:
@@ -309,6 +321,39 @@ class RunStore:
     def read_test(self) -> pa.Table:
         return parquet_table(self._read(lambda s: s.test), "the test split")
 
+    def read_pixels(self, shard: int, slice_: int) -> Pixels:
+        """The decoded rows of shard ``shard`` slice ``slice_``: its stored pixels object if
+        that is present, intact and decoded from the committed partition, else the Parquet
+        decoded now (and a warning)."""
+        self._check_partition(shard, slice_)
+        stored = self._stored_pixels(lambda s: s.pixels.get((shard, slice_)), lambda s: s.partitions[(shard, slice_)])
+        if stored is not None:
+            return stored
+        return Pixels.decode(self.read_partition(shard, slice_), self.info, self.state().partitions[(shard, slice_)].sha256)
+
+    def read_test_pixels(self) -> Pixels:
+        """The decoded test split (as :meth:`read_pixels`)."""
+        stored = self._stored_pixels(lambda s: s.test_pixels, lambda s: s.test)
+        return stored if stored is not None else Pixels.decode(self.read_test(), self.info, self.state().test.sha256)
+
+    def _stored_pixels(
+        self, pick: Callable[[RunState], ObjectRef | None], source: Callable[[RunState], ObjectRef]
+    ) -> Pixels | None:
+        """The pixels object ``pick`` names, verified against the commit and against the
+        partition ``source`` names; ``None`` (with a warning) if it cannot be trusted."""
+        ref = pick(self.state())
+        if ref is None:
+            return None  # a run of state format 2: nothing was decoded at ingest
+        try:
+            pixels = Pixels.from_bytes(self._read(lambda s: pick(s) or ref), self.objects.uri(ref.key))
+        except (StoreError, DataError) as exc:
+            log.warning("not using pixels object %s (%s); decoding its Parquet instead", ref.key, exc)
+            return None
+        if pixels.source_sha256 != source(self.state()).sha256 or len(pixels) != source(self.state()).rows:
+            log.warning("pixels object %s was decoded from another partition; decoding its Parquet instead", ref.key)
+            return None
+        return pixels
+
     def _read_table(self, pick: Callable[[RunState], ObjectRef], what: str) -> pa.Table:
         """A small table of the current state, read once per version (objects are immutable,
         so a table read under its sha256 never changes)."""
@@ -352,6 +397,15 @@ class RunStore:
         self.objects.put_bytes(key, data)
         crash_point(f"{txn['kind']}.object")
         return ObjectRef.of(key, data, rows)
+
+    def _put_table(self, txn: dict[str, Any], key: str, table: pa.Table, pixels: Pixels) -> tuple[ObjectRef, ObjectRef]:
+        """Write a sample table and, beside it, its decoded ``pixels`` (which must hold the
+        same rows; they are tied to the table's sha256)."""
+        if not pixels.matches(table):
+            raise StoreError(f"the pixels for {key} do not hold its rows; nothing was committed")
+        ref = self._put(txn, key, parquet_bytes(table), table.num_rows)
+        pixels = Pixels(pixels.ids, pixels.labels, pixels.images, ref.sha256)
+        return ref, self._put(txn, pixels_key(key), pixels.to_bytes(), len(pixels))
 
     def _commit(self, state: RunState, lease: Lease) -> None:
         """Publish ``state`` (the fence: lease check, then a conditional create)."""
@@ -410,34 +464,29 @@ class RunStore:
         if self.objects.exists(MANIFEST) or self.latest_version():
             raise ConflictError(f"a run already exists at {self.uri}")
         txn = self._txn("ingest", 1, lease, spec=spec.to_dict(), exclude_ids=[int(i) for i in excluded])
+        layout = _IngestLayout.of(spec, data, excluded)  # decodes every image: a bad one raises, nothing written
         self._begin(txn, lease)
-        state = self._apply_ingest(txn, data)
+        state = self._apply_ingest(txn, data, layout)
         self._commit(state, lease)
         self._finish(txn, lease)
         return state
 
-    def _apply_ingest(self, txn: dict[str, Any], data: SourceData | None = None) -> RunState:
-        from raysisa.data.partition import plan_partition
+    def _apply_ingest(self, txn: dict[str, Any], data: SourceData | None = None, layout: _IngestLayout | None = None) -> RunState:
         from raysisa.data.sources import load_source
 
         spec = RunSpec.from_dict(txn["spec"])
         data = data if data is not None else load_source(spec.data)
         excluded = np.asarray(txn["exclude_ids"], dtype=np.int64)
-        version, sharding = txn["version"], spec.sharding
-        train_ids = data.train["id"].to_numpy()
-        plan = plan_partition(train_ids, sharding.num_shards, sharding.num_slices, sharding.seed)
-        live = ~np.isin(plan.ids, excluded)
-        # Rows of the source table in plan order, minus excluded ids.
-        by_id = np.argsort(train_ids)
-        ordered = data.train.take(pa.array(by_id[np.searchsorted(train_ids[by_id], plan.ids[live])])).cast(SAMPLE_SCHEMA)
+        layout = layout if layout is not None else _IngestLayout.of(spec, data, excluded)
+        version, sharding, plan, live = txn["version"], spec.sharding, layout.plan, layout.live
         shard_col, slice_col = plan.shard[live], plan.slice[live]
-        partitions = {}
+        partitions, pixels = {}, {}
         for k in range(sharding.num_shards):
             for r in range(1, sharding.num_slices + 1):
-                table = ordered.filter(pa.array((shard_col == k) & (slice_col == r)))
-                partitions[(k, r)] = self._put(txn, partition_key(k, r, version), parquet_bytes(table), table.num_rows)
-        test = data.test.cast(SAMPLE_SCHEMA)
-        test_ref = self._put(txn, f"data/test/part-{version:06d}.parquet", parquet_bytes(test), test.num_rows)
+                rows = (shard_col == k) & (slice_col == r)
+                table, decoded = layout.ordered.filter(pa.array(rows)), layout.pixels.take(rows)
+                partitions[(k, r)], pixels[(k, r)] = self._put_table(txn, partition_key(k, r, version), table, decoded)
+        test_ref, test_pixels = self._put_table(txn, f"data/test/part-{version:06d}.parquet", layout.test, layout.test_pixels)
         index = pa.table({"id": plan.ids[live], "shard": shard_col, "slice": slice_col}, schema=INDEX_SCHEMA)
         index_ref = self._put(txn, f"index/assignment-{version:06d}.parquet", parquet_bytes(index), index.num_rows)
         gone = ~live
@@ -466,6 +515,8 @@ class RunStore:
             tombstones=tomb_ref,
             keys=index_keys(spec.fingerprint(), index, list(range(sharding.num_shards)), sharding.num_slices),
             txn=_summary(txn, excluded=int(gone.sum())),
+            pixels=pixels,
+            test_pixels=test_pixels,
         )
 
     # deletion -------------------------------------------------------------------------------
@@ -475,7 +526,8 @@ class RunStore:
         rows = take_ids(self.read_index(), ids)
         affected = sorted(set(zip(rows["shard"].to_pylist(), rows["slice"].to_pylist(), strict=True)))
         tables = {(k, r): self.read_partition(k, r) for k, r in affected}
-        return DeletePlan(np.sort(rows["id"].to_numpy()), rows, tables, self.tombstones(), state.version)
+        pixels = {(k, r): self._stored_pixels(lambda s, at=(k, r): s.pixels.get(at), lambda s, at=(k, r): s.partitions[at]) for k, r in affected}
+        return DeletePlan(np.sort(rows["id"].to_numpy()), rows, tables, self.tombstones(), state.version, pixels)
 
     def commit_delete(self, plan: DeletePlan, reason: str, lease: Lease) -> SweepReport:
         """Delete the planned ids in one transaction (see the module docstring); returns
@@ -485,22 +537,32 @@ class RunStore:
             raise ConflictError(f"the run at {self.uri} changed since the deletion was planned; plan it again")
         txn = self._txn("delete", state.version + 1, lease, ids=[int(i) for i in plan.ids], reason=reason)
         self._begin(txn, lease)
-        self._commit(self._apply_delete(txn, plan.tables, plan.tombstones), lease)
+        self._commit(self._apply_delete(txn, plan.tables, plan.tombstones, plan.pixels), lease)
         telemetry.samples_deleted(telemetry.run_label(self.uri), len(plan.ids))
         return self._finish(txn, lease, before=state)
 
     def _apply_delete(
-        self, txn: dict[str, Any], tables: dict[tuple[int, int], pa.Table] | None = None, tombstones: pa.Table | None = None
+        self,
+        txn: dict[str, Any],
+        tables: dict[tuple[int, int], pa.Table] | None = None,
+        tombstones: pa.Table | None = None,
+        old_pixels: dict[tuple[int, int], Pixels | None] | None = None,
     ) -> RunState:
         state, version = self.state(), txn["version"]
         ids = np.asarray(txn["ids"], dtype=np.int64)
         index = self.read_index()
         rows = take_ids(index, ids)
-        partitions = dict(state.partitions)
+        partitions, pixels = dict(state.partitions), dict(state.pixels)
         for k, r in sorted(set(zip(rows["shard"].to_pylist(), rows["slice"].to_pylist(), strict=True))):
             table = tables[(k, r)] if tables and (k, r) in tables else self.read_partition(k, r)
             kept = drop_ids(table, ids)
-            partitions[(k, r)] = self._put(txn, partition_key(k, r, version), parquet_bytes(kept), kept.num_rows)
+            if old_pixels is not None and (k, r) in old_pixels:
+                old = old_pixels[(k, r)]
+            else:
+                old = self._stored_pixels(lambda s, at=(k, r): s.pixels.get(at), lambda s, at=(k, r): s.partitions[at])
+            # the same row mask as the Parquet: no image is decoded again
+            derived = old.drop(ids, "") if old is not None and old.matches(table) else Pixels.decode(kept, self.info, "")
+            partitions[(k, r)], pixels[(k, r)] = self._put_table(txn, partition_key(k, r, version), kept, derived)
         remaining = drop_ids(index, ids)
         index_ref = self._put(txn, f"index/assignment-{version:06d}.parquet", parquet_bytes(remaining), remaining.num_rows)
         new_rows = _tombstones(rows["id"].to_numpy(), rows["shard"].to_numpy(), rows["slice"].to_numpy(), txn["started_at"], txn["reason"])
@@ -508,7 +570,8 @@ class RunStore:
         tomb_ref = self._put(txn, f"index/tombstones-{version:06d}.parquet", parquet_bytes(tombstones), tombstones.num_rows)
         affected = sorted(set(rows["shard"].to_pylist()))
         keys = {**state.keys, **index_keys(self.fingerprint, remaining, affected, self.spec.sharding.num_slices)}
-        return RunState(version, partitions, state.test, index_ref, tomb_ref, keys, _summary(txn, deleted=rows.num_rows))
+        summary = _summary(txn, deleted=rows.num_rows)
+        return RunState(version, partitions, state.test, index_ref, tomb_ref, keys, summary, pixels, state.test_pixels)
 
     # recovery and sweeping --------------------------------------------------------------------
     def recover(self, lease: Lease) -> list[str]:
@@ -573,9 +636,11 @@ class RunStore:
         lease.check()
         state = self.refresh()
         keep = state.referenced()
-        stale = [k for k in self.objects.find("data") + self.objects.find("index") if k not in keep]
+        present = self.objects.find("data") + self.objects.find("index")
+        stale = [k for k in present if k not in keep]
         self.objects.delete(stale)
         crash_point(f"{kind}.swept")
+        rebuilt = self._rebuild_pixels(set(present))
         checkpoints, orphans = self.checkpoints.sweep({ref for refs in self.expected_refs().values() for ref in refs})
         # only local writes use temporary files; the checkpoint sweep above found its own
         leftovers = [k for prefix in ("data", "index", "_log") for k in self.objects.list_temporary(prefix)] if self.objects.local else []
@@ -584,7 +649,29 @@ class RunStore:
         self.objects.delete([_versioned(COMMITS, v) for v in commits[:-KEEP_COMMITS]])
         if stale or checkpoints:
             log.info("swept %d old data object(s) and %d stale checkpoint(s) at %s", len(stale), checkpoints, self.uri)
-        return SweepReport(len(stale), checkpoints, orphans + len(leftovers))
+        return SweepReport(len(stale), checkpoints, orphans + len(leftovers), pixels_rebuilt=rebuilt)
+
+    def _rebuild_pixels(self, present: set[str]) -> int:
+        """Write again the pixels objects the current state names that are not in
+        ``present`` (a listing), decoded from their verified partitions. Decoding is
+        deterministic, so the bytes must match the commit's sha256; if this machine's image
+        decoder gives other bytes, the object stays missing and readers decode the Parquet."""
+        state, rebuilt = self.state(), 0
+        wanted = [(ref, lambda at=at: self.read_partition(*at), state.partitions[at]) for at, ref in state.pixels.items()]
+        if state.test_pixels is not None:
+            wanted.append((state.test_pixels, self.read_test, state.test))
+        for ref, table, source in wanted:
+            if ref.key in present:
+                continue
+            data = Pixels.decode(table(), self.info, source.sha256).to_bytes()
+            if _sha256(data) != ref.sha256:
+                log.warning("could not rebuild %s: decoding gives other bytes than commit %d recorded", ref.key, state.version)
+                continue
+            self.objects.put_bytes(ref.key, data)
+            rebuilt += 1
+        if rebuilt:
+            log.warning("wrote %d missing pixels object(s) again at %s", rebuilt, self.uri)
+        return rebuilt
 
     # -- listing ---------------------------------------------------------------------------
     def listing(self) -> dict[str, str]:
@@ -594,6 +681,35 @@ class RunStore:
 
 def partition_key(shard: int, slice_: int, version: int) -> str:
     return f"data/train/shard={shard}/slice={slice_}/part-{version:06d}.parquet"
+
+
+def pixels_key(table_key: str) -> str:
+    """Where the decoded pixels of the sample table at ``table_key`` go (beside it)."""
+    return table_key.removesuffix(".parquet") + ".pixels.safetensors"
+
+
+@dataclass(frozen=True)
+class _IngestLayout:
+    """What an ingest writes, worked out (and every image decoded) before it writes anything."""
+
+    plan: Any  # raysisa.data.partition.Partition
+    live: np.ndarray  # plan rows that are not excluded
+    ordered: pa.Table  # the live training rows in plan order
+    pixels: Pixels  # ``ordered`` decoded
+    test: pa.Table
+    test_pixels: Pixels
+
+    @classmethod
+    def of(cls, spec: RunSpec, data: SourceData, excluded: np.ndarray) -> _IngestLayout:
+        from raysisa.data.partition import plan_partition
+
+        sharding, train_ids = spec.sharding, data.train["id"].to_numpy()
+        plan = plan_partition(train_ids, sharding.num_shards, sharding.num_slices, sharding.seed)
+        live = ~np.isin(plan.ids, excluded)
+        by_id = np.argsort(train_ids)  # rows of the source table in plan order, minus excluded ids
+        ordered = data.train.take(pa.array(by_id[np.searchsorted(train_ids[by_id], plan.ids[live])])).cast(SAMPLE_SCHEMA)
+        test = data.test.cast(SAMPLE_SCHEMA)
+        return cls(plan, live, ordered, Pixels.decode(ordered, data.info, ""), test, Pixels.decode(test, data.info, ""))
 
 
 def _sha256(data: bytes) -> str:

@@ -18,7 +18,8 @@ from raysisa.errors import StoreError
 
 __all__ = ["ObjectRef", "RunState", "STATE_FORMAT"]
 
-STATE_FORMAT = 2
+STATE_FORMAT = 3
+READABLE_FORMATS = (2, 3)  # format 2: before pixels objects (its runs decode their Parquet)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class RunState:
         tombstones: ids deleted so far (ids only).
         keys: per shard, the checkpoint keys of slices 0..R for this data.
         txn: the transaction that committed this state (id, kind, reason, time...).
+        pixels: the decoded images of each partition, by ``(k, r)``
+            (:class:`~raysisa.data.pixels.Pixels`; none in runs of state format 2).
+        test_pixels: the decoded test split.
     """
 
     version: int
@@ -63,6 +67,8 @@ class RunState:
     tombstones: ObjectRef
     keys: dict[int, tuple[str, ...]]
     txn: dict[str, Any] = field(default_factory=dict)
+    pixels: dict[tuple[int, int], ObjectRef] = field(default_factory=dict)
+    test_pixels: ObjectRef | None = None
 
     @property
     def num_shards(self) -> int:
@@ -74,7 +80,8 @@ class RunState:
 
     def referenced(self) -> set[str]:
         """Every data object key this state needs."""
-        return {ref.key for ref in self.partitions.values()} | {self.test.key, self.index.key, self.tombstones.key}
+        pixels = {ref.key for ref in self.pixels.values()} | ({self.test_pixels.key} if self.test_pixels else set())
+        return {ref.key for ref in self.partitions.values()} | {self.test.key, self.index.key, self.tombstones.key} | pixels
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,14 +93,18 @@ class RunState:
             "tombstones": self.tombstones.to_dict(),
             "keys": {str(k): list(v) for k, v in sorted(self.keys.items())},
             "txn": self.txn,
+            "pixels": [{"shard": k, "slice": r, **ref.to_dict()} for (k, r), ref in sorted(self.pixels.items())],
+            "test_pixels": self.test_pixels.to_dict() if self.test_pixels else None,
         }
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> RunState:
         """Parse a commit object; a malformed one raises StoreError naming ``where``."""
         try:
-            if data["format_version"] != STATE_FORMAT:
-                raise StoreError(f"{where} has state format {data['format_version']}, this raysisa reads {STATE_FORMAT}")
+            if data["format_version"] not in READABLE_FORMATS:
+                raise StoreError(
+                    f"{where} has state format {data['format_version']}, this raysisa reads {' and '.join(map(str, READABLE_FORMATS))}"
+                )
             return cls(
                 version=int(data["version"]),
                 partitions={(int(p["shard"]), int(p["slice"])): ObjectRef.from_dict(p) for p in data["partitions"]},
@@ -102,6 +113,8 @@ class RunState:
                 tombstones=ObjectRef.from_dict(data["tombstones"]),
                 keys={int(k): tuple(str(x) for x in v) for k, v in data["keys"].items()},
                 txn=dict(data.get("txn", {})),
+                pixels={(int(p["shard"]), int(p["slice"])): ObjectRef.from_dict(p) for p in data.get("pixels") or []},
+                test_pixels=ObjectRef.from_dict(data["test_pixels"]) if data.get("test_pixels") else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StoreError(f"{where} is not a valid commit of a raysisa run ({type(exc).__name__}: {exc})") from None

@@ -26,7 +26,7 @@ def test_yaml_file_and_overrides(tmp_path):
         ({"train": {"epochs": 0}}, "train.epochs"),
         ({"sharding": {"num_shards": -1}}, "sharding.num_shards"),
         ({"data": {"source": "imagenet"}}, "data.source: unknown data source 'imagenet'; valid data sources: cifar10, cifar100, digits"),
-        ({"model": {"name": "vgg"}}, "model.name: unknown model 'vgg'; valid models: mobilenet_v2, resnet18, small_cnn"),
+        ({"model": {"name": "vgg"}}, "model.name: unknown model 'vgg'; valid models: airbench, mobilenet_v2, resnet18, small_cnn"),
         ({"model": {"quant": {"scheme": "fp8"}}}, "model.quant.scheme: unknown quantization scheme 'fp8'; valid quantization schemes: brevitas, lsq"),
         ({"model": {"quant": {"w_bits": 3}}}, "model.quant.w_bits: unsupported bit width 3; supported: 2, 4, 8, 32"),
         ({"coordinator": {"policy": "lru"}}, "coordinator.policy: unknown policy 'lru'; valid policies: dpus, hs, ohs, prs"),

@@ -32,7 +32,14 @@ def test_unlearning_equals_training_without_the_ids(tmp_path, tiny_job, trained,
     assert changed == {(k, r) for k, r, _ in where}
     assert state_after.test == state_before.test
     # and the old partitions are gone from the store: only the committed objects remain
-    assert set(RunStore(trained).data_keys()) == {ref.key for ref in state_after.partitions.values()} | {state_after.test.key}
+    current = [*state_after.partitions.values(), *state_after.pixels.values(), state_after.test, state_after.test_pixels]
+    assert set(RunStore(trained).data_keys()) == {ref.key for ref in current}
+    # each rewritten partition has new pixels, derived from the old by the same row mask
+    assert {p for p, ref in state_before.pixels.items() if state_after.pixels[p] != ref} == changed
+    for at in changed:
+        pixels = RunStore(trained).read_pixels(*at)
+        assert pixels.source_sha256 == state_after.partitions[at].sha256
+        assert pixels.ids.tolist() == RunStore(trained).read_partition(*at)["id"].to_pylist()
 
     reference = _store(tmp_path, "reference")
     train(tiny_job, reference, exclude_ids=ids, pool=LocalPool())
