@@ -2,8 +2,9 @@
 S3 HTTP requests against moto, and store operations on a local folder.
 
 The bounds are the ones the engine promises at cluster scale: an exact unlearn costs about
-30 requests plus a few per retrained slice, the same at 10 and at 100 shards; it reads
-the id index and the affected shard's data, each object once, never the other shards'.
+30 requests plus a few per retrained slice and per rewritten partition, the same at 10 and
+at 100 shards; it reads the id index and the affected shard's data, each object once, never
+the other shards'.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.slow
 SLICES = 2
 FIXED = 30  # lease, recovery check, manifest, commit log, index, journal, commit, sweep, release
 PER_SLICE = 4  # read the previous checkpoint (manifest + tensors), write the new one
+PER_REWRITE = 2  # a rewritten partition's pixels: read the old object, write the new one
 
 
 def _recipe(shards: int) -> list[str]:
@@ -67,20 +69,21 @@ def _unlearn_counted(store: StoreConfig, ids: list[int]):
 
 def _assert_bounds(store: StoreConfig, before, report, traffic) -> None:
     assert report.shards_affected == [0] and report.slices_retrained == 1
-    # about 30 requests, plus the retrained slices, plus the shard's partitions (a cold worker)
-    assert traffic.total <= FIXED + PER_SLICE * report.slices_retrained + SLICES, traffic.to_dict()
+    # about 30 requests, plus the retrained slices and the rewritten partition, plus the
+    # shard's pixels objects (a cold worker)
+    assert traffic.total <= FIXED + PER_SLICE * report.slices_retrained + PER_REWRITE + SLICES, traffic.to_dict()
     reads = Counter(traffic.reads)
     data_reads = {key: n for key, n in reads.items() if key.startswith("data/")}
     assert all(n == 1 for n in data_reads.values()), data_reads  # each partition read once
     after = RunStore(store).refresh()
-    shard0 = {ref.key for state in (before, after) for (k, _), ref in state.partitions.items() if k == 0}
+    shard0 = {ref.key for state in (before, after) for objects in (state.partitions, state.pixels) for (k, _), ref in objects.items() if k == 0}
     assert set(data_reads) <= shard0, set(data_reads) - shard0  # nothing of another shard, not the test split
     # bytes: the affected shard's data (its partitions, and the one rewritten), the id
     # index and tombstones once each, and no checkpoint of another shard
     by_prefix = Counter()
     for key, size in traffic.read_bytes.items():
         by_prefix[key.split("/", 1)[0]] += size
-    shard_bytes = sum(ref.size for (k, _), ref in before.partitions.items() if k == 0)
+    shard_bytes = sum(ref.size for objects in (before.partitions, before.pixels) for (k, _), ref in objects.items() if k == 0)
     assert by_prefix["data"] <= 2 * shard_bytes, (by_prefix, shard_bytes)
     assert by_prefix["index"] == before.index.size + before.tombstones.size, by_prefix
     assert all(key.startswith("checkpoints/shard=0/") for key in reads if key.startswith("checkpoints/")), reads
@@ -125,10 +128,9 @@ def test_a_warm_worker_reads_only_the_rewritten_partition(local_runs, tmp_path):
     assert report.slices_retrained == 1
     data_reads = [key for key in traffic.reads if key.startswith("data/")]
     version = RunStore(store).refresh().version
-    # the driver reads the partition it rewrites; the worker reads only the new one
-    assert sorted(data_reads) == sorted(
-        [f"data/train/shard=0/slice={SLICES}/part-{version - 1:06d}.parquet", f"data/train/shard=0/slice={SLICES}/part-{version:06d}.parquet"]
-    ), data_reads
+    # the driver reads the partition it rewrites and its pixels; the worker reads only the new pixels
+    old, new = f"data/train/shard=0/slice={SLICES}/part-{version - 1:06d}", f"data/train/shard=0/slice={SLICES}/part-{version:06d}"
+    assert sorted(data_reads) == sorted([f"{old}.parquet", f"{old}.pixels.safetensors", f"{new}.pixels.safetensors"]), data_reads
     assert np.isin(ids[:2], RunStore(store).read_index()["id"].to_numpy()).sum() == 0
 
 
@@ -147,7 +149,7 @@ def test_a_coordinator_batch_of_ten_requests_over_ten_shards_stays_under_400_req
     assert traffic.total <= 400, traffic.to_dict()
     assert {client.status(store, a.request_id)["state"] for a in acks} == {"exact"}
     assert not np.isin(ids, RunStore(store).read_index()["id"].to_numpy()).any()
-    # each data object read once: the deletion reads the partitions it rewrites, each shard's
-    # worker its partitions as committed (the rewritten ones under their new keys)
+    # each data object read once: the deletion reads the partitions it rewrites and their
+    # pixels, each shard's worker its pixels as committed (the rewritten ones under new keys)
     data_reads = Counter(key for key in traffic.reads if key.startswith("data/"))
-    assert set(data_reads.values()) == {1} and len(data_reads) == 10 * SLICES + 10, data_reads
+    assert set(data_reads.values()) == {1} and len(data_reads) == 10 * SLICES + 20, data_reads
