@@ -191,11 +191,18 @@ def bench_train(shards: int, overrides: list[str], keep: Path | None) -> dict:
     report, seconds = _raysisa("train", "--config", str(RECIPE), "--store", store, *[a for s in sets for a in ("--set", s)])
     vote, _ = _raysisa("evaluate", "--store", store)
     softmax, _ = _raysisa("evaluate", "--store", store, "--aggregation", "mean_softmax")
+    from raysisa.config import StoreConfig
+    from raysisa.store import RunStore
+
+    run = RunStore(StoreConfig(uri=store))
+    manifests = [run.checkpoints.manifest(refs[-1]) for refs in run.expected_refs().values()]
     return {
         "shards": shards,
         "overrides": overrides,
         "wall_seconds": seconds,
-        "train_report": {k: report.get(k) for k in ("slices_trained", "sample_grads", "compute_seconds") if k in report},
+        "train_report": {k: report.get(k) for k in ("slices_trained", "sample_grads", "compute_seconds", "wall_seconds")},
+        "peak_rss_mb_per_shard_actor": max(m.get("peak_rss_bytes", 0) for m in manifests) / 2**20,
+        "train_seconds_per_shard": [m["train_seconds"] for m in manifests],
         "accuracy_vote": vote["accuracy"],
         "accuracy_mean_softmax": softmax["accuracy"],
         "shard_accuracy": vote["shard_accuracy"],
@@ -212,13 +219,15 @@ def train_table(runs: dict) -> str:
         + ", ".join(f"{k}={v}" for k, v in recipe["train"].items() if k != "threads")
         + ".",
         "",
-        "| shards S | overrides | wall (min) | ensemble acc, vote | ensemble acc, mean softmax | mean shard acc |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| shards S | overrides | wall, whole command (min) | images/s per shard actor | peak RSS per shard actor (MB) | ensemble acc, vote | ensemble acc, mean softmax | mean shard acc |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for key in sorted(runs, key=lambda k: (runs[k]["shards"], k)):
         r = runs[key]
         lines.append(
-            f"| {r['shards']} | {' '.join(r['overrides']) or '-'} | {r['wall_seconds'] / 60:.1f} | {r['accuracy_vote']:.2f}% | "
+            f"| {r['shards']} | {' '.join(r['overrides']) or '-'} | {r['wall_seconds'] / 60:.1f} | "
+            f"{r['train_report']['sample_grads'] / r['train_report']['compute_seconds']:,.0f} | {r['peak_rss_mb_per_shard_actor']:,.0f} | "
+            f"{r['accuracy_vote']:.2f}% | "
             f"{r['accuracy_mean_softmax']:.2f}% | {np.mean(r['shard_accuracy']):.2f}% |"
         )
     return "\n".join(lines)

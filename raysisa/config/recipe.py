@@ -178,8 +178,8 @@ class TrainConfig(ConfigModel):
         augment: random crop (4 px zero padding) and horizontal flip, seeded per epoch.
         cutout: with ``augment``, also zero a random square of this side (0: none).
         test_flip: predictions average the logits of each image and of its mirror image.
-        precision: ``bf16`` runs forward and loss under bfloat16 autocast (on CUDA: faster;
-            on CPU it is slower and off by default); ``fp32``: full precision.
+        precision: ``bf16`` runs forward and loss under bfloat16 autocast (meant for CUDA;
+            off by default, and on CPU not shown to help); ``fp32``: full precision.
         channels_last: train in channels-last memory format (helps convolutions on recent
             GPUs and with oneDNN on some CPUs; measured in BENCHMARKS.md).
         compile: ``torch.compile`` the shard model (pays on GPUs for long runs; its first

@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import resource
+import sys
 import time
 from importlib.metadata import version
 from dataclasses import dataclass
@@ -244,6 +246,7 @@ class ShardWorker:
             "sample_grads": plan[r - 1] * len(x),
             "train_seconds": seconds,
             "train_cpu_seconds": cpu_seconds,  # steadier than wall time on a loaded machine
+            "peak_rss_bytes": _peak_rss(),  # this worker process's high-water mark so far
             "parent": refs[r - 1].key,
         }
         lineage = [p.ids for p in parts[:r]]
@@ -395,3 +398,9 @@ def _compiled(model: nn.Module) -> nn.Module:
         compiled = torch.compile(model)
         object.__setattr__(model, "_raysisa_compiled", compiled)
     return compiled
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)

@@ -232,3 +232,29 @@ def test_a_long_lived_run_object_sees_changes_made_by_others(trained):
     assert reader.inspect()["version"] == 2
     assert reader.check_ids(ids)[2].tolist() == ids  # already deleted, as the latest commit says
     assert len(reader.evaluate().shard_accuracy) == len(before)  # the retrained shard 1 is served, not reported stale
+
+
+def test_the_fast_recipe_unlearns_bit_exactly(tmp_path, tiny_job):
+    """The airbench network with every recipe option the CIFAR recipe uses (uint8 batches
+    with crop, flip and cutout; label smoothing; Nesterov; the per-step linear schedule;
+    channels-last; flip TTA): unlearning equals training without the ids."""
+    fast = tiny_job.model_copy(
+        update={
+            "model": tiny_job.model.model_copy(update={"name": "airbench", "width": 4}),
+            "train": tiny_job.train.model_copy(
+                update={
+                    "augment": True, "cutout": 4, "label_smoothing": 0.2, "nesterov": True, "lr_schedule": "linear",
+                    "warmup": 0.2, "channels_last": True, "test_flip": True,
+                }
+            ),
+        }
+    )
+    store = _store(tmp_path, "fast")
+    train(fast, store, pool=LocalPool())
+    ids = pick(store, [(0, 2, 1), (2, 3, 0)])
+    unlearn(store, ids, pool=LocalPool())
+    reference = _store(tmp_path, "reference")
+    train(fast, reference, exclude_ids=ids, pool=LocalPool())
+    assert model_shas(store) == model_shas(reference)
+    assert evaluate(store).accuracy == evaluate(reference).accuracy
+    assert_no_residue(store, ids)

@@ -89,3 +89,55 @@ def test_seeds_and_schedules():
     cfg = TrainConfig(lr=0.1, lr_schedule="cosine")
     assert lr_at(cfg, 0, 10) == 0.1 and abs(lr_at(cfg, 5, 10) - 0.05) < 1e-12
     assert lr_at(TrainConfig(lr=0.1), 7, 10) == 0.1
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_mixed_precision_is_off_by_default_and_changes_training_when_asked_for():
+    """The default recipe trains in full precision on CPU; bf16 autocast is an explicit opt-in
+    (it changes the weights, so it is part of the fingerprint)."""
+    assert TrainConfig().precision == "fp32"
+    assert TrainConfig(precision="bf16").identity() != TrainConfig().identity()
+    x, y = _data()
+    runs = {}
+    for name, autocast in (("default", None), ("bf16", torch.bfloat16)):
+        model, opt = _setup()
+        train_epoch(model, opt, x, y, batch_size=8, seed=3, autocast=autocast)
+        runs[name] = _state(model)
+    reference, opt = _setup()
+    with torch.autocast("cpu", enabled=False):
+        train_epoch(reference, opt, x, y, batch_size=8, seed=3)
+    assert all(torch.equal(runs["default"][k], v) for k, v in _state(reference).items())
+    assert not torch.equal(runs["default"]["fc.weight"], runs["bf16"]["fc.weight"])
+
+
+def test_the_linear_schedule_warms_up_then_decays_to_zero_per_step():
+    config = TrainConfig(lr=1.0, lr_schedule="linear", warmup=0.25)
+    assert [lr_at(config, e, 8) for e in (0, 1, 2, 5, 8)] == [0.0, 0.5, 1.0, 0.5, 0.0]
+    x, y = _data()
+    model, opt = _setup()
+    seen = []
+
+    def lr(progress):
+        seen.append(progress)
+        return lr_at(config, 1 + progress, 8)
+
+    train_epoch(model, opt, x, y, batch_size=10, seed=0, lr=lr)
+    assert seen == [0.0, 0.2, 0.4, 0.6, 0.8]  # once per step, before it
+    assert opt.param_groups[0]["lr"] == lr_at(config, 1.8, 8)
+
+
+def test_channels_last_training_matches_and_flip_tta_averages_both_views():
+    from raysisa.training import predict_proba
+
+    x, y = _data()
+    model, opt = _setup()
+    train_epoch(model, opt, x, y, batch_size=8, seed=2, channels_last=True)
+    probs = predict_proba(model, x, flip_tta=True)
+    model.eval()
+    with torch.no_grad():
+        expected = torch.softmax((model(x) + model(x.flip(3))) / 2, dim=1)
+    assert torch.allclose(probs, expected, atol=1e-6)
+    assert not torch.allclose(probs, predict_proba(model, x), atol=1e-4)
