@@ -177,7 +177,7 @@ def _recipe() -> dict:
 
 def _raysisa(*args: str) -> tuple[dict, float]:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "raysisa", *args, "--json", "--quiet"], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-m", "raysisa", *args, "--json"], capture_output=True, text=True, cwd=ROOT)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"raysisa {' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}")
@@ -188,7 +188,13 @@ def bench_train(shards: int, overrides: list[str], keep: Path | None) -> dict:
     folder = Path(tempfile.mkdtemp(prefix=f"cifar-s{shards}-")) if keep is None else keep
     store = str(folder / "run")
     sets = [f"data.uri={CIFAR}", f"sharding.num_shards={shards}", *overrides]
-    report, seconds = _raysisa("train", "--config", str(RECIPE), "--store", store, *[a for s in sets for a in ("--set", s)])
+    report, seconds = _raysisa("train", "--quiet", "--config", str(RECIPE), "--store", store, *[a for s in sets for a in ("--set", s)])
+    print(f"S={shards}: trained in {seconds:.0f} s at {store}", flush=True)
+    return evaluate_run(store, shards, overrides, seconds, report)
+
+
+def evaluate_run(store: str, shards: int, overrides: list[str], seconds: float, report: dict) -> dict:
+    """Ensemble and shard accuracy of a trained run, with its training figures."""
     vote, _ = _raysisa("evaluate", "--store", store)
     softmax, _ = _raysisa("evaluate", "--store", store, "--aggregation", "mean_softmax")
     from raysisa.config import StoreConfig
@@ -225,11 +231,13 @@ def train_table(runs: dict) -> str:
     for key in sorted(runs, key=lambda k: (runs[k]["shards"], k)):
         r = runs[key]
         lines.append(
-            f"| {r['shards']} | {' '.join(r['overrides']) or '-'} | {r['wall_seconds'] / 60:.1f} | "
+            f"| {r['shards']} | {' '.join(r['overrides']) or '-'} | {'≈' if r.get('wall_note') else ''}{r['wall_seconds'] / 60:.1f} | "
             f"{r['train_report']['sample_grads'] / r['train_report']['compute_seconds']:,.0f} | {r['peak_rss_mb_per_shard_actor']:,.0f} | "
             f"{r['accuracy_vote']:.2f}% | "
             f"{r['accuracy_mean_softmax']:.2f}% | {np.mean(r['shard_accuracy']):.2f}% |"
         )
+    if any(r.get("wall_note") for r in runs.values()):
+        lines += ["", "≈: " + "; ".join(sorted({r["wall_note"] for r in runs.values() if r.get("wall_note")}))]
     return "\n".join(lines)
 
 
