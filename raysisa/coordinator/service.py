@@ -110,9 +110,12 @@ class Coordinator:
         if action in ("waiting", "idle"):
             return action
         try:
-            with self.run.writer("coordinator", wait=0):
+            with self.run.writer("coordinator", wait=0) as lease:
                 action, arg = self._next()  # again under the lease: another writer may have done it
                 if action == "resumed":
+                    # a batch its runner did not finish (it died): its shard actors may have
+                    # died mid-write too; the listing sweep removes what they left
+                    self.store.sweep(lease)
                     self.execute(arg)
                 elif action == "batch":
                     self.execute(self.plan(arg))
