@@ -17,7 +17,7 @@ Two theory columns:
   removes the luck of the draw (with a handful of draws, which slice gets hit dominates the
   spread) and leaves what the implementation adds or saves.
 
-    .venv/bin/python bench/sisa_speedup.py                 # digits + a CIFAR-10 subset
+    .venv/bin/python bench/sisa_speedup.py                 # digits + the fast CIFAR recipe on a subset
     .venv/bin/python bench/sisa_speedup.py --datasets digits --draws 3
 """
 
@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
-from raysisa import SisaRun, StoreConfig, parse_config  # noqa: E402
-from raysisa.config import ClusterConfig  # noqa: E402
+from raysisa import SisaRun, StoreConfig  # noqa: E402
+from raysisa.config import load_config  # noqa: E402
 from raysisa.sisa.actors import RayPool, ray_session  # noqa: E402
 from raysisa.sisa.cost import expected_single_deletion_cost, expected_speedup, retrain_cost  # noqa: E402
 
@@ -48,17 +48,16 @@ CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
 
 RECIPES = {
     "digits": [],  # the embedded default: 5 shards x 4 slices, small_cnn, 20 epochs
+    # the fast CIFAR recipe (cluster/configs/cifar10-airbench.yaml: airbench width 32, 22
+    # epochs) on a 10,000-image subset, with 4 slices per shard so that slicing shows
     "cifar10": [
-        "data.source=parquet",
         f"data.uri={CIFAR}",
         "data.limit=10000",
         "data.test_limit=2000",
-        "model.width=16",
-        "train.epochs=12",
-        "train.batch_size=64",
-        "train.augment=true",
+        "sharding.num_slices=4",
     ],
 }
+CONFIGS = {"digits": None, "cifar10": ROOT / "cluster" / "configs" / "cifar10-airbench.yaml"}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -66,9 +65,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def bench_dataset(name: str, draws: int, workdir: Path, seed: int) -> dict:
-    job = parse_config({}, RECIPES[name])
+    job = load_config(CONFIGS[name], RECIPES[name])
     spec = job.spec
-    cluster = ClusterConfig()
+    cluster = job.cluster  # the reservation follows the recipe's threads
     pool = RayPool(cluster, spec.sharding.num_shards)
     try:
         sisa = SisaRun.create(spec, StoreConfig(uri=str(workdir / name / "sisa")))

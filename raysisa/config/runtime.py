@@ -20,9 +20,10 @@ class ClusterConfig(ConfigModel):
         address: Ray address to connect to; ``None`` means ``RAY_ADDRESS`` if set, else a
             new local cluster.
         cpus_per_shard: logical CPUs reserved by each shard actor: a fixed request (never
-            derived from what is free) that an autoscaler can satisfy. Torch uses
-            ``train.threads`` threads in it whatever this is (the thread count is part of
-            the recipe), so keep the two equal: both default to 1.
+            derived from what is free) that an autoscaler can satisfy. In a config file it
+            defaults to ``train.threads`` (the torch threads each shard runs; the thread
+            count is part of the recipe, so the reservation follows it, not the reverse);
+            built in code, to 1 (``train.threads``' default).
         gpus_per_shard: GPU fraction reserved by each shard actor (0 trains on CPU).
         max_restarts: how often Ray restarts a dead shard actor (-1: forever).
         max_concurrent: shard actors at the same time (each serves any shard); ``None``

@@ -18,6 +18,7 @@ transforms at the drawn offsets.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,8 +134,7 @@ class Images:
         if augment is not None:
             assert generator is not None, "augmentation draws from a generator"
             x = augment_nhwc(x, generator, augment)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device)
-        std = torch.tensor(self.std, dtype=torch.float32, device=x.device)
+        mean, std = _channel_values(self.mean, x.device), _channel_values(self.std, x.device)
         out = ((x.to(torch.float32).div_(255.0) - mean) / std).permute(0, 3, 1, 2)  # channels-last in memory
         # a copy with canonical strides: ``contiguous()`` would keep these strides when C == 1,
         # and convolutions choose their (numerically different) kernels by strides
@@ -147,6 +147,13 @@ class Images:
             _, h, w, c = self.pixels.shape
             return torch.zeros((0, c, h, w), dtype=torch.float32)
         return torch.cat([self.batch(slice(i, i + batch_size)) for i in range(0, n, batch_size)])
+
+
+@functools.lru_cache(maxsize=32)
+def _channel_values(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """A data set's per-channel mean or std as a float32 tensor on ``device``, made once
+    (read only: nothing writes into it)."""
+    return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 def to_tensors(table: pa.Table, info: DatasetInfo) -> tuple[torch.Tensor, torch.Tensor]:

@@ -75,10 +75,17 @@ def model_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_model(run: RunStore, ref: CheckpointRef, device: str = "cpu") -> nn.Module:
     """Build the run's model and load a verified checkpoint (or approximate overlay) into it."""
     checkpoint = (run.overlays if ref.prefix == run.overlays.prefix else run.checkpoints).get(ref)
-    model = build_model(run.info, run.spec.model)
-    model.load_state_dict(model_tensors(checkpoint.tensors), strict=True)
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if run.spec.train.channels_last else model
+    return model_with_state(run.info, run.spec, model_tensors(checkpoint.tensors), device)
+
+
+def model_with_state(info: DatasetInfo, spec: RunSpec, state: dict[str, torch.Tensor], device: str = "cpu") -> nn.Module:
+    """The recipe's model with ``state`` loaded, on ``device``, in the recipe's memory format."""
+    model = build_model(info, spec.model)
+    model.load_state_dict(state, strict=True)
+    model.to(device)
+    if spec.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 class _Run:
@@ -259,14 +266,9 @@ class ShardWorker:
         )
 
     def _model(self, run: _Run, state: dict[str, torch.Tensor]) -> nn.Module:
-        """The run's model with ``state`` loaded, on this worker's device, in the recipe's
-        memory format (and compiled if the recipe says so)."""
-        model = build_model(run.info, run.spec.model)
-        model.load_state_dict(state, strict=True)
-        model.to(self.device)
-        if run.spec.train.channels_last:
-            model.to(memory_format=torch.channels_last)
-        return model
+        """The run's model with ``state`` loaded, on this worker's device (compiling, when
+        the recipe says so, happens in :meth:`_epoch`)."""
+        return model_with_state(run.info, run.spec, state, self.device)
 
     def _epoch(
         self, run: _Run, model: nn.Module, optimizer: torch.optim.Optimizer, x: Images, y: torch.Tensor,
@@ -392,7 +394,10 @@ class ShardWorker:
 
 
 def _compiled(model: nn.Module) -> nn.Module:
-    """``torch.compile`` of ``model``, made once per model object (the recipe's ``compile``)."""
+    """``torch.compile`` of ``model``, made once per model object (the recipe's ``compile``).
+    :meth:`ShardWorker._train` builds a model per slice, so each slice compiles its own
+    (torch's compile caches may reuse the generated code); with one slice per shard, as in
+    the CIFAR recipe, that is once per shard."""
     compiled = getattr(model, "_raysisa_compiled", None)
     if compiled is None:
         compiled = torch.compile(model)

@@ -326,7 +326,7 @@ class RunStore:
         that is present, intact and decoded from the committed partition, else the Parquet
         decoded now (and a warning)."""
         self._check_partition(shard, slice_)
-        stored = self._stored_pixels(lambda s: s.pixels.get((shard, slice_)), lambda s: s.partitions[(shard, slice_)])
+        stored = self._partition_pixels(shard, slice_)
         if stored is not None:
             return stored
         return Pixels.decode(self.read_partition(shard, slice_), self.info, self.state().partitions[(shard, slice_)].sha256)
@@ -335,6 +335,11 @@ class RunStore:
         """The decoded test split (as :meth:`read_pixels`)."""
         stored = self._stored_pixels(lambda s: s.test_pixels, lambda s: s.test)
         return stored if stored is not None else Pixels.decode(self.read_test(), self.info, self.state().test.sha256)
+
+    def _partition_pixels(self, shard: int, slice_: int) -> Pixels | None:
+        """The stored pixels object of shard ``shard`` slice ``slice_``, if it can be trusted."""
+        at = (shard, slice_)
+        return self._stored_pixels(lambda s: s.pixels.get(at), lambda s: s.partitions[at])
 
     def _stored_pixels(
         self, pick: Callable[[RunState], ObjectRef | None], source: Callable[[RunState], ObjectRef]
@@ -526,7 +531,7 @@ class RunStore:
         rows = take_ids(self.read_index(), ids)
         affected = sorted(set(zip(rows["shard"].to_pylist(), rows["slice"].to_pylist(), strict=True)))
         tables = {(k, r): self.read_partition(k, r) for k, r in affected}
-        pixels = {(k, r): self._stored_pixels(lambda s, at=(k, r): s.pixels.get(at), lambda s, at=(k, r): s.partitions[at]) for k, r in affected}
+        pixels = {(k, r): self._partition_pixels(k, r) for k, r in affected}
         return DeletePlan(np.sort(rows["id"].to_numpy()), rows, tables, self.tombstones(), state.version, pixels)
 
     def commit_delete(self, plan: DeletePlan, reason: str, lease: Lease) -> SweepReport:
@@ -559,7 +564,7 @@ class RunStore:
             if old_pixels is not None and (k, r) in old_pixels:
                 old = old_pixels[(k, r)]
             else:
-                old = self._stored_pixels(lambda s, at=(k, r): s.pixels.get(at), lambda s, at=(k, r): s.partitions[at])
+                old = self._partition_pixels(k, r)
             # the same row mask as the Parquet: no image is decoded again
             derived = old.drop(ids, "") if old is not None and old.matches(table) else Pixels.decode(kept, self.info, "")
             partitions[(k, r)], pixels[(k, r)] = self._put_table(txn, partition_key(k, r, version), kept, derived)

@@ -104,6 +104,16 @@ def test_shard_actors_reserve_a_fixed_cpu_matching_the_default_threads():
     job = parse_config({})
     assert job.cluster.cpus_per_shard == 1 == job.spec.train.threads and job.cluster.max_concurrent is None
     assert parse_config({"cluster": {"cpus_per_shard": 4}}).spec.fingerprint() == job.spec.fingerprint()
+
+
+def test_the_reservation_follows_the_recipe_threads_unless_set():
+    """A config file that raises ``train.threads`` reserves that many CPUs per shard actor
+    (the shards then never compete for cores); an explicit reservation wins."""
+    assert parse_config({}, ["train.threads=3"]).cluster.cpus_per_shard == 3
+    assert parse_config({"train": {"threads": 2}, "cluster": {"cpus_per_shard": 0.5}}).cluster.cpus_per_shard == 0.5
+    with pytest.raises(ConfigError) as err:  # a bad thread count is reported once, as itself
+        parse_config({}, ["train.threads=0"])
+    assert "train.threads" in str(err.value) and "cpus_per_shard" not in str(err.value)
     for bad in (0, None):
         with pytest.raises(ConfigError) as err:
             parse_config({"cluster": {"cpus_per_shard": bad}})
