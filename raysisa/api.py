@@ -31,13 +31,15 @@ def as_store(store: str | StoreConfig, endpoint_url: str | None = None) -> Store
 
 
 @contextlib.contextmanager
-def _pool(pool: ShardPool | None, cluster: ClusterConfig | None, num_shards: int) -> Iterator[ShardPool]:
+def _pool(pool: ShardPool | None, cluster: ClusterConfig | None, spec: RunSpec) -> Iterator[ShardPool]:
+    """``pool``, or a Ray pool for the run of recipe ``spec`` (its shard actors reserve the
+    recipe's threads as CPUs unless ``cluster`` says otherwise)."""
     if pool is not None:
         yield pool
         return
     from raysisa.sisa.actors import ray_pool  # Ray only when a cluster is needed
 
-    with ray_pool(cluster, num_shards) as ray_shards:
+    with ray_pool(cluster, spec.sharding.num_shards, spec.train.threads) as ray_shards:
         yield ray_shards
 
 
@@ -72,7 +74,7 @@ def train(
             if cluster is None and isinstance(config, JobConfig):
                 cluster = config.cluster
         run.ingest(spec, exclude_ids)  # reopens an identical run (checking exclude_ids are excluded)
-        with _pool(pool, cluster, spec.sharding.num_shards) as shards:
+        with _pool(pool, cluster, spec) as shards:
             return run.train(shards, progress, verify)
 
 
@@ -105,7 +107,7 @@ def unlearn(
     shards = run.shards_of(wanted)
     if pool is None and (in_process_is_enough(cluster, len(shards)) or not (len(deleting) or run.pending_work(shards=shards))):
         pool = LocalPool()  # one shard's work, or nothing to train: no cluster needed
-    with _pool(pool, cluster, run.store.spec.sharding.num_shards) as workers:
+    with _pool(pool, cluster, run.store.spec) as workers:
         return run.unlearn(ids, workers, progress)
 
 
@@ -145,7 +147,7 @@ def compare(
     from raysisa.methods.tuned import Setting
 
     resolve_methods(config.compare, methods, Setting.of(config.spec))  # bad names or args fail before Ray starts
-    with _pool(pool, cluster or config.cluster, config.sharding.num_shards) as shards:
+    with _pool(pool, cluster or config.cluster, config.spec) as shards:
         return run_compare(config, as_store(store), shards, methods, seeds, progress)
 
 
@@ -174,7 +176,7 @@ def run_coordinator(
 
     store = as_store(store)
     run = SisaRun(store)
-    with _pool(pool, cluster, run.store.spec.sharding.num_shards) as shards:
+    with _pool(pool, cluster, run.store.spec) as shards:
         coordinator = Coordinator(store, config or CoordinatorConfig(), shards)
         if until is None:
             coordinator.run_until_settled(timeout)

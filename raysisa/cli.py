@@ -487,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         if ray:
             p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local cluster)")
             p.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="give up connecting to --address after this long (default 30)")
-            p.add_argument("--cpus-per-shard", type=float, metavar="N", help="CPUs each shard actor reserves (default: the config's, else 1)")
+            p.add_argument("--cpus-per-shard", type=float, metavar="N", help="CPUs each shard actor reserves (default: the config's, else the run's train.threads)")
             p.add_argument("--gpus-per-shard", type=float, metavar="F",
                            help="GPUs (a fraction shares one) each shard actor reserves; > 0 trains on CUDA (default 0)")
         if writes:

@@ -54,7 +54,7 @@ def run_demo(
     started = time.perf_counter()
     with ray_session(cluster):
         ray_ready = time.perf_counter() - started
-        pool = RayPool(cluster, spec.sharding.num_shards)
+        pool = RayPool(cluster, spec.sharding.num_shards, threads=spec.train.threads)
         try:
             sisa = SisaRun.create(spec, main_store)
             trained = sisa.train(pool, progress)

@@ -32,21 +32,6 @@ class JobConfig(ConfigModel):
     compare: CompareConfig = Field(default_factory=CompareConfig)
     coordinator: CoordinatorConfig = Field(default_factory=CoordinatorConfig)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _reserve_the_recipe_threads(cls, data: Any) -> Any:
-        """``cluster.cpus_per_shard``, when the file does not set it, is ``train.threads``:
-        each shard actor reserves the cores its torch threads use. (Not the other way round:
-        the thread count is part of the recipe's fingerprint, since it can change float
-        summation, so it must not follow whatever a cluster reserves.)"""
-        if not isinstance(data, dict):
-            return data
-        cluster, train = data.get("cluster") or {}, data.get("train") or {}
-        threads = train.get("threads") if isinstance(train, dict) else None
-        if isinstance(cluster, dict) and "cpus_per_shard" not in cluster and isinstance(threads, int) and threads >= 1:
-            data = {**data, "cluster": {**cluster, "cpus_per_shard": threads}}
-        return data
-
     @model_validator(mode="after")
     def _prune_fits_the_recipe(self) -> JobConfig:
         prune = self.compare.prune

@@ -20,10 +20,10 @@ class ClusterConfig(ConfigModel):
         address: Ray address to connect to; ``None`` means ``RAY_ADDRESS`` if set, else a
             new local cluster.
         cpus_per_shard: logical CPUs reserved by each shard actor: a fixed request (never
-            derived from what is free) that an autoscaler can satisfy. In a config file it
-            defaults to ``train.threads`` (the torch threads each shard runs; the thread
-            count is part of the recipe, so the reservation follows it, not the reverse);
-            built in code, to 1 (``train.threads``' default).
+            derived from what is free) that an autoscaler can satisfy. ``None`` (the
+            default): the run's ``train.threads``, the torch threads each shard runs (the
+            thread count is part of the recipe, since it can change float summation, so the
+            reservation follows it, never the reverse).
         gpus_per_shard: GPU fraction reserved by each shard actor (0 trains on CPU).
         max_restarts: how often Ray restarts a dead shard actor (-1: forever).
         max_concurrent: shard actors at the same time (each serves any shard); ``None``
@@ -33,7 +33,7 @@ class ClusterConfig(ConfigModel):
     """
 
     address: str | None = None
-    cpus_per_shard: float = Field(1.0, gt=0)
+    cpus_per_shard: float | None = Field(None, gt=0)
     gpus_per_shard: float = Field(0.0, ge=0)
     max_restarts: int = Field(3, ge=-1)
     max_concurrent: int | None = Field(None, ge=1)

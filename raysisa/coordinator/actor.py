@@ -39,8 +39,9 @@ class CoordinatorActor:
 
         self.label = telemetry.run_label(store.uri)
         configure_worker_logging(*(log or (logging.WARNING, "text")), run=self.label)  # every record names the run
-        shards = SisaRun(store).store.spec.sharding.num_shards
-        pool = RayPool(cluster, shards, label=self.label)
+        spec = SisaRun(store).store.spec
+        shards = spec.sharding.num_shards
+        pool = RayPool(cluster, shards, label=self.label, threads=spec.train.threads)
         pool.start(range(shards))  # shard actors requested now: started before the first request, where the cluster has room
         self.coordinator = Coordinator(store, config, pool)
         self.errors: list[str] = []

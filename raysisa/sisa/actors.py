@@ -1,13 +1,13 @@
 """Ray at the edge: shard work in a pool of Ray actors ("slots"), Ray start-up, and the
 logging of Ray worker processes.
 
-**Resources.** Every slot actor reserves ``cluster.cpus_per_shard`` CPUs (default 1) and
-``cluster.gpus_per_shard`` GPUs: a fixed request, never one computed from what is free at
-the moment, so an autoscaler sees exactly what a shard needs. Torch uses
-``train.threads`` threads inside it (default 1, matching the default reservation):
-the thread count is part of the recipe's fingerprint because it can change floating-point
-summation order, so the recipe wins and the reservation never changes a result. Raising
-``train.threads``? Raise ``cluster.cpus_per_shard`` with it (a warning says so).
+**Resources.** Every slot actor reserves the run's ``train.threads`` CPUs (or
+``cluster.cpus_per_shard`` where that is set) and ``cluster.gpus_per_shard`` GPUs: a fixed
+request, never one computed from what is free at the moment, so an autoscaler sees exactly
+what a shard needs, and torch's threads in the actor have a core each. The thread count is
+part of the recipe's fingerprint because it can change floating-point summation order, so
+the reservation follows the recipe and never changes a result. An explicit reservation
+smaller than the threads is allowed (shards then compete for cores; a warning says so).
 
 **Slots.** A :class:`RayPool` runs at most ``cluster.max_concurrent`` slot actors (default:
 one per shard it was asked for), and any slot serves any shard: :class:`ShardWorker` reads
@@ -239,8 +239,13 @@ class RayPool:
         label: the run, for the slots' names; default: the run of the first task submitted.
     """
 
-    def __init__(self, cluster: ClusterConfig | None = None, num_shards: int = 1, label: str | None = None) -> None:
+    def __init__(
+        self, cluster: ClusterConfig | None = None, num_shards: int = 1, label: str | None = None, threads: int = 1
+    ) -> None:
+        """``threads``: the run's ``train.threads``, which each slot reserves as CPUs unless
+        ``cluster.cpus_per_shard`` says otherwise."""
         self.cluster = cluster or ClusterConfig()
+        self.cpus = self.cluster.cpus_per_shard or threads  # CPUs each slot actor reserves
         self.num_shards = max(1, num_shards)
         self.label = label
         self.log = log_settings()
@@ -262,12 +267,12 @@ class RayPool:
         return self.cluster.max_concurrent or max(self.num_shards, len(self._shards))
 
     def concurrency(self, threads_per_shard: int) -> int:
-        if threads_per_shard > self.cluster.cpus_per_shard and not self._warned_threads:
+        if threads_per_shard > self.cpus and not self._warned_threads:
             self._warned_threads = True
             log.warning(
                 "train.threads=%d but each shard actor reserves %g CPU(s): shards will compete for cores; "
                 "set cluster.cpus_per_shard=%d",
-                threads_per_shard, self.cluster.cpus_per_shard, threads_per_shard,
+                threads_per_shard, self.cpus, threads_per_shard,
             )
         return self.limit()
 
@@ -277,7 +282,7 @@ class RayPool:
         self._created += 1
         options = {
             "name": f"raysisa {self.label} slot {index} {self._id}",
-            "num_cpus": self.cluster.cpus_per_shard,
+            "num_cpus": self.cpus,
             "num_gpus": self.cluster.gpus_per_shard,
             "max_restarts": self.cluster.max_restarts,
             "max_task_retries": self.cluster.max_restarts,
@@ -361,7 +366,7 @@ class RayPool:
                     log.warning(
                         "no shard actor could be placed for %.0fs: each reserves %g CPU(s) and %g GPU(s); the cluster "
                         "has %s. An autoscaler adds nodes for them; on a fixed cluster lower cluster.cpus_per_shard",
-                        time.monotonic() - waited, self.cluster.cpus_per_shard, self.cluster.gpus_per_shard,
+                        time.monotonic() - waited, self.cpus, self.cluster.gpus_per_shard,
                         ray.cluster_resources(),
                     )
                 continue
@@ -514,10 +519,10 @@ def ray_session(cluster: ClusterConfig | None = None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ray_pool(cluster: ClusterConfig | None = None, num_shards: int = 1) -> Iterator[RayPool]:
+def ray_pool(cluster: ClusterConfig | None = None, num_shards: int = 1, threads: int = 1) -> Iterator[RayPool]:
     """A :class:`RayPool` inside a :func:`ray_session`; its actors are killed on exit."""
     with ray_session(cluster):
-        pool = RayPool(cluster, num_shards)
+        pool = RayPool(cluster, num_shards, threads=threads)
         try:
             yield pool
         finally:

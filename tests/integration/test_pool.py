@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import ray
-from raysisa import ClusterConfig, LocalPool, StoreConfig, train, unlearn
+from raysisa import ClusterConfig, LocalPool, StoreConfig, parse_config, train, unlearn
 from raysisa.sisa.actors import RayPool
 from raysisa.telemetry import run_label
 from tests.conftest import TINY
@@ -51,7 +51,7 @@ def test_more_torch_threads_than_reserved_cpus_warns(caplog):
         assert pool.concurrency(4) == 3
     assert "set cluster.cpus_per_shard=4" in caplog.text
     assert RayPool(ClusterConfig(), num_shards=5).concurrency(1) == 5  # default: an actor per shard
-    assert ClusterConfig().cpus_per_shard == 1  # a fixed request, not the free CPUs spread over the shards
+    assert RayPool(ClusterConfig(), num_shards=5).cpus == 1  # the default threads; not the free CPUs spread over the shards
 
 
 def _cli(*argv: str) -> subprocess.CompletedProcess:
@@ -85,3 +85,17 @@ def test_shard_actor_logs_reach_the_command_log_as_text_and_json(tmp_path):
     assert f"(ShardSlot(run={store}, slot=" in done.stderr, done.stderr[-3000:]
     assert f"raysisa.sisa.shard [run={store} shard=0]: shard 0 slice 1 trained" in done.stderr, done.stderr[-3000:]
     assert "\x1b[" not in done.stderr  # no colour codes in a log that is not a terminal
+
+
+@pytest.mark.ray
+def test_the_pool_made_for_a_run_reserves_the_recipe_threads(ray_cluster):
+    """What `raysisa train/unlearn/compare/process` build: a pool whose shard actors reserve
+    the run's `train.threads` CPUs (a two-thread recipe would otherwise run two threads on
+    one reserved core), unless the cluster section says otherwise."""
+    from raysisa.api import _pool
+
+    spec = parse_config({}, ["train.threads=2"]).spec
+    with _pool(None, None, spec) as pool:
+        assert pool.cpus == 2 and not pool.slots
+    with _pool(None, ClusterConfig(cpus_per_shard=0.25), spec) as pool:
+        assert pool.cpus == 0.25

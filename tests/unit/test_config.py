@@ -97,24 +97,20 @@ def test_slice_epochs_known_values():
     assert slice_epochs(5, 3) == [2, 3, 2]
 
 
-def test_shard_actors_reserve_a_fixed_cpu_matching_the_default_threads():
+def test_shard_actors_reserve_the_recipe_threads_unless_told_otherwise():
     """The reservation is a fixed request an autoscaler can satisfy (not the free CPUs spread
-    over the shards), one CPU per shard as torch's default one thread; it is no part of the
-    fingerprint, so changing it never changes a result."""
+    over the shards): by default the recipe's torch threads (each has a core), else what
+    ``cluster.cpus_per_shard`` says; it is no part of the fingerprint, so changing it never
+    changes a result."""
+    from raysisa.sisa.actors import RayPool  # builds no actor until it is given work
+
     job = parse_config({})
-    assert job.cluster.cpus_per_shard == 1 == job.spec.train.threads and job.cluster.max_concurrent is None
+    assert job.cluster.cpus_per_shard is None and job.cluster.max_concurrent is None
+    assert RayPool(job.cluster, 5, threads=job.spec.train.threads).cpus == 1
+    assert RayPool(parse_config({}, ["train.threads=3"]).cluster, 5, threads=3).cpus == 3
+    assert RayPool(parse_config({"cluster": {"cpus_per_shard": 0.5}}).cluster, 5, threads=2).cpus == 0.5
     assert parse_config({"cluster": {"cpus_per_shard": 4}}).spec.fingerprint() == job.spec.fingerprint()
-
-
-def test_the_reservation_follows_the_recipe_threads_unless_set():
-    """A config file that raises ``train.threads`` reserves that many CPUs per shard actor
-    (the shards then never compete for cores); an explicit reservation wins."""
-    assert parse_config({}, ["train.threads=3"]).cluster.cpus_per_shard == 3
-    assert parse_config({"train": {"threads": 2}, "cluster": {"cpus_per_shard": 0.5}}).cluster.cpus_per_shard == 0.5
-    with pytest.raises(ConfigError) as err:  # a bad thread count is reported once, as itself
-        parse_config({}, ["train.threads=0"])
-    assert "train.threads" in str(err.value) and "cpus_per_shard" not in str(err.value)
-    for bad in (0, None):
+    for bad in (0, -1, "two"):
         with pytest.raises(ConfigError) as err:
             parse_config({"cluster": {"cpus_per_shard": bad}})
         assert "cluster.cpus_per_shard" in str(err.value)
