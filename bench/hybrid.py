@@ -14,7 +14,7 @@ after exactness; and the efficiency gain T(PRS) / T(policy). A ρ sweep of HS on
 shows how the boundary trades time for accuracy.
 
     .venv/bin/python bench/hybrid.py                       # digits + CIFAR-10 subset (about 20 min)
-    .venv/bin/python bench/hybrid.py --datasets digits --no-write
+    .venv/bin/python bench/hybrid.py --datasets cifar10           # rerun one; the others' results are kept
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ RECIPES = {
             f"data.uri={CIFAR}", "data.limit=5000", "data.test_limit=1000", "sharding.num_slices=4",
             "model.width=16", "train.epochs=12", "train.batch_size=64", "train.lr=0.25", "train.test_flip=false",
         ],
-        "singles": 20,
+        "singles": 12,
         "bursts": 2,
         "burst_share": 0.3,
     },
@@ -159,9 +159,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="raysisa-hybrid-") as tmp, ray_session(cluster):
         for name in names:
             results.append(bench(name, Path(tmp), cluster, args.seed, sweep=name == "digits"))
-    meta = (
+    run_line = (
         f"Run {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({platform.machine()}, CPU, Ray {ray.__version__}, "
-        f"torch {torch.__version__}); `python bench/hybrid.py {' '.join(sys.argv[1:])}`. 5 shards x 4 slices; one batch per "
+        f"torch {torch.__version__}); `python bench/hybrid.py {' '.join(sys.argv[1:])}`."
+    )
+    for result in results:
+        result["run"] = run_line
+    # data sets not run this time keep their last results (each names its own run)
+    saved = json.loads((out / "hybrid.json").read_text()) if (out / "hybrid.json").exists() else {"results": []}
+    kept = [dict(r, run=r.get("run", saved["meta"].split(". ")[0] + ".")) for r in saved["results"] if r["dataset"] not in names]
+    results = kept + results
+    meta = (
+        "5 shards x 4 slices; one batch per "
         "request (window 0); cifar10: the fast CIFAR recipe's airbench at width 16, 12 epochs, batch 64, lr 0.25, no flip TTA; DPUS = neggrad_plus (2 epochs, lr 0.01), OHS lr 0.1 x the training lr; debt bounds off so "
         "approximate debt accumulates until the final restoration. Accuracy is the served ensemble's (vote) on the test split."
     )
@@ -176,7 +185,8 @@ def publish(meta: str, results: list[dict], out: Path, write: bool) -> None:
     for result in results:
         png = out / f"hybrid_{result['dataset']}.png"
         plot(result, png)
-        parts.append(markdown(result) + f"\n\nAccuracy over the stream: [`{png.relative_to(ROOT)}`]({png.relative_to(ROOT)}).")
+        run = f"{result['run']} " if "run" in result else ""
+        parts.append(run + markdown(result) + f"\n\nAccuracy over the stream: [`{png.relative_to(ROOT)}`]({png.relative_to(ROOT)}).")
     body = "\n\n".join(parts)
     print(body)
     if write:
