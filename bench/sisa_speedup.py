@@ -68,7 +68,7 @@ def bench_dataset(name: str, draws: int, workdir: Path, seed: int) -> dict:
     job = load_config(CONFIGS[name], RECIPES[name])
     spec = job.spec
     cluster = job.cluster  # the reservation follows the recipe's threads
-    pool = RayPool(cluster, spec.sharding.num_shards)
+    pool = RayPool(cluster, spec.sharding.num_shards, threads=spec.train.threads)
     try:
         sisa = SisaRun.create(spec, StoreConfig(uri=str(workdir / name / "sisa")))
         initial = sisa.train(pool, progress=True)
