@@ -72,10 +72,15 @@ def model_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
 
 
+def load_state(run: RunStore, ref: CheckpointRef) -> dict[str, torch.Tensor]:
+    """The model tensors of a verified checkpoint (or approximate overlay)."""
+    checkpoint = (run.overlays if ref.prefix == run.overlays.prefix else run.checkpoints).get(ref)
+    return model_tensors(checkpoint.tensors)
+
+
 def load_model(run: RunStore, ref: CheckpointRef, device: str = "cpu") -> nn.Module:
     """Build the run's model and load a verified checkpoint (or approximate overlay) into it."""
-    checkpoint = (run.overlays if ref.prefix == run.overlays.prefix else run.checkpoints).get(ref)
-    return model_with_state(run.info, run.spec, model_tensors(checkpoint.tensors), device)
+    return model_with_state(run.info, run.spec, load_state(run, ref), device)
 
 
 def model_with_state(info: DatasetInfo, spec: RunSpec, state: dict[str, torch.Tensor], device: str = "cpu") -> nn.Module:
@@ -331,7 +336,7 @@ class ShardWorker:
         model = build_model(run.info, run.spec.model)
         base = refs[-1] if task.base is None else task.base
         if isinstance(base, CheckpointRef):
-            base = load_model(run.store, base).state_dict()
+            base = load_state(run.store, base)
         model.load_state_dict(base, strict=True)
         init = model_tensors(run.store.checkpoints.get(refs[0]).tensors) if Need.INIT_WEIGHTS in unlearner.needs else None
         ctx = make_context(

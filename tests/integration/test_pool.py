@@ -54,37 +54,49 @@ def test_more_torch_threads_than_reserved_cpus_warns(caplog):
     assert RayPool(ClusterConfig(), num_shards=5).cpus == 1  # the default threads; not the free CPUs spread over the shards
 
 
-def _cli(*argv: str) -> subprocess.CompletedProcess:
-    """``raysisa ARGV`` in a new process, on a private local Ray cluster it starts itself."""
+def _cli(log: Path, *argv: str) -> subprocess.Popen:
+    """``raysisa ARGV`` started in a new process, on a private local Ray cluster it starts
+    itself; its stderr goes to ``log`` (a file: two children never block on a full pipe)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
-    return subprocess.run(
-        [sys.executable, "-m", "raysisa.cli", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+    with open(log, "w") as err:
+        return subprocess.Popen([sys.executable, "-m", "raysisa.cli", *argv], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err, text=True)
+
+
+def _finish(process: subprocess.Popen, log: Path) -> tuple[int, str]:
+    try:
+        process.wait(timeout=600)
+    finally:
+        process.kill()  # a no-op once it has exited
+    return process.returncode, log.read_text()
 
 
 @pytest.mark.ray
 def test_shard_actor_logs_reach_the_command_log_as_text_and_json(tmp_path):
-    store = str(tmp_path / "logged")
     sets = [arg for item in [*TINY, "sharding.num_slices=2", "train.epochs=4"] for arg in ("--set", item)]
-    done = _cli("-v", "--log-format", "json", "train", "--store", store, *sets, "--quiet")
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(line) for line in done.stderr.splitlines() if line.strip()]  # every line is one JSON object
+    # the two commands run at the same time, each with its own private cluster
+    json_store, text_store = str(tmp_path / "logged"), str(tmp_path / "text")
+    logs = tmp_path / "json.log", tmp_path / "text.log"
+    as_json = _cli(logs[0], "-v", "--log-format", "json", "train", "--store", json_store, *sets, "--quiet")
+    as_text = _cli(logs[1], "-v", "train", "--store", text_store, *sets, "--quiet")
+    (code, err), (text_code, text_err) = _finish(as_json, logs[0]), _finish(as_text, logs[1])
+
+    assert code == 0, err[-3000:]
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]  # every line is one JSON object
     shard_lines = [line for line in lines if line.get("logger") == "raysisa.sisa.shard"]
-    assert shard_lines, done.stderr[-3000:]
+    assert shard_lines, err[-3000:]
     for line in shard_lines:  # emitted in a shard actor, with the CLI's keys, the run and the shard
-        assert line["level"] == "INFO" and line["run"] == store and "trained" in line["message"]
+        assert line["level"] == "INFO" and line["run"] == json_store and "trained" in line["message"]
         assert line["message"].startswith(f"shard {line['shard']} slice ")
-        assert line["actor_name"].startswith(f"raysisa {store} slot ") and line["task_name"].startswith(f"{store} shard ")
+        assert line["actor_name"].startswith(f"raysisa {json_store} slot ") and line["task_name"].startswith(f"{json_store} shard ")
         assert line["task_func_name"].endswith("ShardSlot.run") and line["job_id"]
 
-    store = str(tmp_path / "text")
-    done = _cli("-v", "train", "--store", store, *sets, "--quiet")
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert text_code == 0, text_err[-3000:]
     # text: Ray's prefix names the actor (its repr), the record names the run and the shard
-    assert f"(ShardSlot(run={store}, slot=" in done.stderr, done.stderr[-3000:]
-    assert f"raysisa.sisa.shard [run={store} shard=0]: shard 0 slice 1 trained" in done.stderr, done.stderr[-3000:]
-    assert "\x1b[" not in done.stderr  # no colour codes in a log that is not a terminal
+    assert f"(ShardSlot(run={text_store}, slot=" in text_err, text_err[-3000:]
+    assert f"raysisa.sisa.shard [run={text_store} shard=0]: shard 0 slice 1 trained" in text_err, text_err[-3000:]
+    assert "\x1b[" not in text_err  # no colour codes in a log that is not a terminal
 
 
 @pytest.mark.ray

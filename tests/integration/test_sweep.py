@@ -1,5 +1,7 @@
 """`raysisa sweep` on a real local Ray cluster: the shipped digits study end to end on a
-folder and on S3 (moto), models trained once across sweeps, and resume after a real kill."""
+folder (interrupted by Ctrl-C, then resumed), models trained once across sweeps, resume after
+a real kill. The same study on S3 (moto) is README's S3 sweep line, run and checked by
+tests/integration/test_readme.py."""
 
 from __future__ import annotations
 
@@ -59,44 +61,6 @@ def _check_study(study, paths: SweepPaths, result) -> None:
 
 def _mtimes(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
-
-
-def test_digits_study_on_a_folder_then_models_are_reused(ray_cluster, tmp_path):
-    study = load_study(DIGITS)
-    result = sweep(study, str(tmp_path))
-    paths = SweepPaths.of(str(tmp_path), study.name)
-    _check_study(study, paths, result)
-    assert result.slices_trained == 4  # original and reference at 4 and 32 bits, one slice each
-
-    # a second study over the same scenario trains nothing and writes nothing under models/
-    before = _mtimes(tmp_path / "models")
-    other = parse_study({**study.to_dict(), "name": "digits-ft", "trials": 1, "search": {"algorithm": "random"},
-                         "methods": {"finetune": {"space": {"lr": {"loguniform": [0.001, 0.01]}}, "fixed": {"epochs": 1}}}})
-    again = sweep(other, str(tmp_path))
-    assert again.slices_trained == 0 and again.cells == {"finetune-w4": {"trials": 1, "errors": 0, "finished": 1, "pending": 0},
-                                                         "finetune-w32": {"trials": 1, "errors": 0, "finished": 1, "pending": 0}}
-    assert _mtimes(tmp_path / "models") == before
-
-    # the same study again is refused without --resume; with it, nothing runs again
-    with pytest.raises(Exception, match="pass --resume"):
-        sweep(study, str(tmp_path))
-    resumed = sweep(study, str(tmp_path), resume=True)
-    assert resumed.slices_trained == 0 and resumed.cells == result.cells
-
-
-def test_digits_study_on_s3(ray_cluster, s3_bucket, s3_endpoint):
-    study = load_study(DIGITS)
-    host = s3_endpoint.removeprefix("http://")
-    storage = f"{s3_bucket}/sweeps?endpoint_override={host}&scheme=http"
-    result = sweep(study, storage)
-    paths = SweepPaths.of(storage, study.name)
-    _check_study(study, paths, result)
-    import s3fs
-
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
-    bucket = s3_bucket.removeprefix("s3://")
-    assert fs.exists(f"{bucket}/sweeps/digits/report/best.md") and fs.exists(f"{bucket}/sweeps/digits/qmul-w4")
-    assert len(fs.ls(f"{bucket}/sweeps/models/originals")) == 2 and len(fs.ls(f"{bucket}/sweeps/models/references")) == 2
 
 
 def _trial_states(cell_dir: Path) -> dict[str, str]:
@@ -195,9 +159,27 @@ def test_ctrl_c_stops_the_whole_sweep_and_resume_finishes_it(ray_cluster, tmp_pa
     assert not (storage / "digits" / "qmul-w32").exists()  # the next cell never started
     assert set(_trial_states(first).values()) != {"TERMINATED"}
 
-    result = sweep(load_study(DIGITS), str(storage), resume=True)
+    study = load_study(DIGITS)
+    result = sweep(study, str(storage), resume=True)
     assert not result.interrupted
-    assert result.cells == {c.name: {"trials": 2, "errors": 0, "finished": 2, "pending": 0} for c in load_study(DIGITS).cells()}
+    _check_study(study, SweepPaths.of(str(storage), study.name), result)
+    # the interrupted sweep trained the scenario's models (original and reference at 4 and 32 bits)
+    assert result.slices_trained == 0 and len(list((storage / "models" / "originals").iterdir())) == 2
+
+    # a second study over the same scenario trains nothing and writes nothing under models/
+    before = _mtimes(storage / "models")
+    other = parse_study({**study.to_dict(), "name": "digits-ft", "trials": 1, "search": {"algorithm": "random"},
+                         "methods": {"finetune": {"space": {"lr": {"loguniform": [0.001, 0.01]}}, "fixed": {"epochs": 1}}}})
+    again = sweep(other, str(storage))
+    assert again.slices_trained == 0 and again.cells == {"finetune-w4": {"trials": 1, "errors": 0, "finished": 1, "pending": 0},
+                                                         "finetune-w32": {"trials": 1, "errors": 0, "finished": 1, "pending": 0}}
+    assert _mtimes(storage / "models") == before
+
+    # the finished study again is refused without --resume; with it, nothing runs again
+    with pytest.raises(Exception, match="pass --resume"):
+        sweep(study, str(storage))
+    resumed = sweep(study, str(storage), resume=True)
+    assert resumed.slices_trained == 0 and resumed.cells == result.cells
 
 
 def test_a_diverging_trial_is_reported_and_the_sweep_goes_on(ray_cluster, tmp_path):

@@ -258,3 +258,29 @@ def test_the_fast_recipe_unlearns_bit_exactly(tmp_path, tiny_job):
     assert model_shas(store) == model_shas(reference)
     assert evaluate(store).accuracy == evaluate(reference).accuracy
     assert_no_residue(store, ids)
+
+
+def test_a_compiled_recipe_trains_and_unlearns_bit_exactly(tmp_path, tiny_job):
+    """train.compile: each slice's model goes through torch.compile (inductor, on CPU here;
+    one shard of one slice: compiling is the slow part).
+    The compiled steps are a pure function of their inputs as the eager ones are, so
+    unlearning still equals training without the ids, and the compiled model scores as the
+    eager one does (up to the fused kernels' rounding)."""
+    from torch._dynamo.utils import counters
+
+    small = tiny_job.model_copy(update={"sharding": tiny_job.sharding.model_copy(update={"num_shards": 1, "num_slices": 1}),
+                                        "train": tiny_job.train.model_copy(update={"epochs": 2})})
+    compiled = small.model_copy(update={"train": small.train.model_copy(update={"compile": True})})
+    counters.clear()
+    store = _store(tmp_path, "compiled")
+    train(compiled, store, pool=LocalPool())
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo really captured the model
+    ids = pick(store, [(0, 1, 0)])
+    unlearn(store, ids, pool=LocalPool())
+    reference = _store(tmp_path, "reference")
+    train(compiled, reference, exclude_ids=ids, pool=LocalPool())
+    assert model_shas(store) == model_shas(reference)
+
+    eager = _store(tmp_path, "eager")
+    train(small, eager, exclude_ids=ids, pool=LocalPool())
+    assert abs(evaluate(reference).accuracy - evaluate(eager).accuracy) <= 3  # percentage points
