@@ -90,7 +90,7 @@ def _starts(cell_dir: Path) -> dict[str, int]:
     return counts
 
 
-TRIALS = 8  # the kill comes after 2 finish; the rest must still be pending on a fast machine
+TRIALS = 5  # the kill comes after 2 finish, while the other 3 are still running or pending
 
 
 def test_resume_after_the_sweep_is_killed_runs_no_finished_trial_again(ray_cluster, tmp_path):
