@@ -338,7 +338,7 @@ class ShardWorker:
         if isinstance(base, CheckpointRef):
             base = load_state(run.store, base)
         model.load_state_dict(base, strict=True)
-        init = model_tensors(run.store.checkpoints.get(refs[0]).tensors) if Need.INIT_WEIGHTS in unlearner.needs else None
+        init = load_state(run.store, refs[0]) if Need.INIT_WEIGHTS in unlearner.needs else None
         ctx = make_context(
             unlearner,
             model,
@@ -368,7 +368,7 @@ class ShardWorker:
             raise ConfigError(f"rewind epoch {task.rewind_epoch} is not before the end of the run's {run.spec.train.epochs} epochs")
         parts, refs = self._slices(run)
         x, y = parts[0].x, parts[0].y
-        model = self._model(run, model_tensors(run.store.checkpoints.get(refs[0]).tensors))
+        model = self._model(run, load_state(run.store, refs[0]))
         optimizer = build_optimizer(model, run.spec.train)  # slice 1 starts with a fresh one, as here
         for epoch in range(task.rewind_epoch):  # the shard's own first epochs, replayed exactly
             self._epoch(run, model, optimizer, x, y, 1, epoch, epoch)

@@ -360,7 +360,7 @@ def _run_readme(group: str, tmp_path, ray_cluster, s3_endpoint, s3_bucket) -> No
         assert {"trials.parquet", "trials.md", "best.json", "best.md", "gap_vs_bits.png", "gap_vs_rte.png"} <= files
 
     def check_sweep_s3(out):  # the study on S3 (tests/integration/test_sweep.py runs it on a folder)
-        assert "2 cells, 2 trials (0 failed)" in out and "(trained now)" in out
+        assert "2 cells, 2 trials (0 failed)" in out and "originals and references: 4 slices trained (trained now)" in out
         assert all(fs.exists(f"{bucket}/sweeps/digits/report/{name}") for name in ("best.json", "best.md", "trials.parquet"))
         assert fs.exists(f"{bucket}/sweeps/digits/qmul-w4") and fs.exists(f"{bucket}/sweeps/digits/qmul-w32")
         assert len(fs.ls(f"{bucket}/sweeps/models/originals")) == 2 and len(fs.ls(f"{bucket}/sweeps/models/references")) == 2
